@@ -1,0 +1,113 @@
+"""Reading any supported PixArt transformer checkpoint into official keys plus its architecture.
+
+Formats: official ``.pth`` (plain or ``state_dict``/EMA wrapper), ``.safetensors`` with official or diffusers keys,
+ComfyUI-saved files (``model.diffusion_model.`` prefix), and diffusers folders (``config.json`` + weights, sharded
+or not, or a whole pipeline folder with ``transformer/``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..config import PixArtConfig
+from ..detect import TRAINING_ONLY_KEYS, detect_config
+from .diffusers_dir import folder_hints, read_diffusers_folder, transformer_folder
+from .errors import CheckpointError
+from .keymap import diffusers_to_official, is_diffusers_layout
+from .official import read_pickled
+from .safetensors_file import read_safetensors
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Prefixes wrappers put in front of the transformer's own names, longest first.
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
+
+__all__ = ["CheckpointError", "read_checkpoint", "read_tensors", "to_official_keys", "check_against_model"]
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict, str]:
+    """The raw tensors of a file or folder, hints from side files, and a name for messages."""
+    path = Path(path)
+    if path.is_dir():
+        folder = transformer_folder(path)
+        return read_diffusers_folder(folder), folder_hints(folder), str(folder)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path), {}, str(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return read_pickled(path), {}, str(path)
+    raise CheckpointError(
+        f"{path}: unsupported file type {path.suffix!r}; expected .safetensors, {', '.join(PICKLE_SUFFIXES)} "
+        "or a diffusers folder"
+    )
+
+
+def _strip_prefix(tensors: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    for prefix in PREFIXES:
+        inside = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if inside and any(k.startswith(("blocks.", "transformer_blocks.")) for k in inside):
+            others = len(tensors) - len(inside)
+            if others:
+                log.info("%s: using the %d tensors under %r, ignoring %d others", source, len(inside), prefix, others)
+            return inside
+    return tensors
+
+
+def to_official_keys(tensors: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Strip wrapper prefixes and convert diffusers names to official ones."""
+    tensors = _strip_prefix(tensors, source)
+    if not is_diffusers_layout(tensors):
+        return tensors
+    converted, unknown = diffusers_to_official(tensors)
+    if unknown:
+        raise CheckpointError(f"{source}: {len(unknown)} tensors are not PixArt transformer weights: {unknown[:10]}")
+    return converted
+
+
+def check_against_model(state_dict: Mapping[str, Tensor], config: PixArtConfig, source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped tensors for ``config``."""
+    from ..model import PixArtTransformer
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in PixArtTransformer(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k} is {tuple(v.shape)}, expected {tuple(expected[k])}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {missing[:10]}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {unexpected[:10]}")
+    if wrong:
+        problems.append(f"wrong shape {len(wrong)}: {wrong[:5]}")
+    if problems:
+        raise CheckpointError(f"{source}: does not match a PixArt model with {config}: " + "; ".join(problems))
+
+
+def read_checkpoint(path: str | Path, variant: str | Mapping = "auto") -> tuple[dict[str, Tensor], PixArtConfig]:
+    """Load a PixArt transformer checkpoint of any supported format.
+
+    Args:
+        path: file or folder.
+        variant: "auto", a preset name (``pixart.VARIANTS``) or a dict of PixArtConfig fields.
+    Returns:
+        (state dict with official keys, without training-only tensors; detected config).
+    """
+    tensors, hints, source = read_tensors(path)
+    state_dict = to_official_keys(tensors, source)
+    config = detect_config(state_dict, source, variant, hints)
+    for key in TRAINING_ONLY_KEYS:
+        state_dict.pop(key, None)
+    check_against_model(state_dict, config, source)
+    return state_dict, config

@@ -1,0 +1,43 @@
+"""``load_dit``: any supported checkpoint to a ready PixArt transformer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .checkpoints import read_checkpoint
+from .config import KVCompress
+from .model import PixArtTransformer
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def load_dit(
+    path: str | Path,
+    variant: str | Mapping = "auto",
+    dtype: torch.dtype = torch.float32,
+    kv_compress: KVCompress | None = None,
+    device: str | torch.device = "cpu",
+) -> PixArtTransformer:
+    """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors`` file (official, diffusers or
+    ComfyUI keys) or a diffusers folder.
+
+    Args:
+        path: checkpoint file or folder.
+        variant: "auto", a name from ``pixart.VARIANTS``, or a dict of ``PixArtConfig`` fields.
+        dtype: weights and compute dtype (float32, float16 or bfloat16); inputs are cast to it, outputs come back
+            in the input's dtype.
+        kv_compress: ``KVCompress`` settings or None.
+        device: where the weights go.
+    Returns:
+        The model in eval mode; ``model.config`` holds its architecture.
+    """
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"load_dit: dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+    state_dict, config = read_checkpoint(path, variant)
+    with torch.device("meta"):
+        model = PixArtTransformer(config, kv_compress=kv_compress, dtype=dtype, compute_dtype=dtype)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}, assign=True)
+    return model.eval()

@@ -1,0 +1,266 @@
+"""The PixArt-Σ / PixArt-α diffusion transformer (PixArtMS), with the official parameter names."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import AttentionFn, CrossAttention, SelfAttention, sdpa_attention
+from .config import KVCompress, PixArtConfig
+from .embeddings import CaptionEmbedder, PatchEmbed, ScalarEmbedder, SizeEmbedder, default_operations, sincos_2d
+
+FP16_MAX = 65504.0
+_POS_CACHE_SIZE = 4
+
+
+def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation: x·(1 + scale) + shift."""
+    return x * (1 + scale) + shift
+
+
+def layer_norm(x: Tensor) -> Tensor:
+    """Parameter-free LayerNorm over the channels (eps 1e-6), as before every modulation."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+
+
+class Modulation(NamedTuple):
+    """Per-block shift/scale/gate for self-attention (msa) and MLP, each (B, 1, C)."""
+
+    shift_msa: Tensor
+    scale_msa: Tensor
+    gate_msa: Tensor
+    shift_mlp: Tensor
+    scale_mlp: Tensor
+    gate_mlp: Tensor
+
+
+class Mlp(nn.Module):
+    """Pointwise feed-forward: Linear, tanh-GELU, Linear."""
+
+    def __init__(self, hidden_size: int, mlp_hidden: int, dtype=None, device=None, operations=None):
+        super().__init__()
+        self.fc1 = operations.Linear(hidden_size, mlp_hidden, bias=True, dtype=dtype, device=device)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = operations.Linear(mlp_hidden, hidden_size, bias=True, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PixArtBlock(nn.Module):
+    """One block: self-attention, cross-attention, MLP, each a residual update; adaLN-single modulates the first
+    and the last (PixArt-α §2.3)."""
+
+    def __init__(self, config: PixArtConfig, index: int, dtype=None, device=None, operations=None, attention=None):
+        super().__init__()
+        c = config.hidden_size
+        conv_factor = config.conv_kv_factor if index in config.conv_kv_layers else None
+        self.attn = SelfAttention(c, config.num_heads, conv_factor, dtype, device, operations, attention)
+        self.cross_attn = CrossAttention(c, config.num_heads, dtype, device, operations, attention)
+        self.mlp = Mlp(c, int(c * config.mlp_ratio), dtype, device, operations)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=dtype, device=device) / c**0.5)
+
+    def forward(self, x: Tensor, y: Tensor, t0: Tensor, grid: tuple[int, int], bias: Tensor | None) -> Tensor:
+        """
+        Args:
+            x: (B, N, C) image tokens; y: (B, L, C) caption tokens; t0: (B, 6C) adaLN-single output;
+            grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
+        Returns:
+            (B, N, C).
+        """
+        table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
+        m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
+        x = x + m.gate_msa * self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid)
+        x = x + self.cross_attn(x, y, bias)
+        x = x + m.gate_mlp * self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """Modulated norm and linear map from tokens to p×p×C_out patch values."""
+
+    def __init__(self, config: PixArtConfig, dtype=None, device=None, operations=None):
+        super().__init__()
+        c, p = config.hidden_size, config.patch_size
+        self.linear = operations.Linear(c, p * p * config.out_channels, bias=True, dtype=dtype, device=device)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, c, dtype=dtype, device=device) / c**0.5)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x: (B, N, C), t: (B, C) timestep embedding -> (B, N, p·p·C_out)."""
+        table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
+        shift, scale = (table[None] + t[:, None]).chunk(2, dim=1)  # 2 × (B, 1, C)
+        return self.linear(t2i_modulate(layer_norm(x), shift, scale))
+
+
+class PixArtTransformer(nn.Module):
+    """PixArt-Σ / PixArt-α transformer: latents, timestep and T5 caption -> epsilon and learned variance.
+
+    Args:
+        config: architecture.
+        kv_compress: KV token compression, or None.
+        dtype, device: of the parameters.
+        operations: namespace with ``Linear``, ``LayerNorm``, ``Conv2d`` (default ``torch.nn``); ComfyUI passes its
+            casting ops here.
+        attention: ``attention(q, k, v, bias)`` callable (default ``sdpa_attention``).
+        compute_dtype: when set, inputs are cast to it (for callers that do not cast themselves).
+    """
+
+    def __init__(
+        self,
+        config: PixArtConfig,
+        kv_compress: KVCompress | None = None,
+        dtype: torch.dtype | None = None,
+        device=None,
+        operations=None,
+        attention: AttentionFn | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        ops = operations or default_operations()
+        attention = attention or sdpa_attention
+        c = config.hidden_size
+        self.config = config
+        self.compute_dtype = compute_dtype
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, c, dtype, device, ops)
+        self.t_embedder = ScalarEmbedder(c, dtype, device, ops)
+        self.t_block = nn.Sequential(nn.SiLU(), ops.Linear(c, 6 * c, bias=True, dtype=dtype, device=device))
+        self.y_embedder = CaptionEmbedder(config.caption_channels, c, dtype, device, ops)
+        if config.micro_conditions:
+            self.csize_embedder = SizeEmbedder(c // 3, dtype, device, ops)
+            self.ar_embedder = SizeEmbedder(c // 3, dtype, device, ops)
+        self.blocks = nn.ModuleList(PixArtBlock(config, i, dtype, device, ops, attention) for i in range(config.depth))
+        self.final_layer = FinalLayer(config, dtype, device, ops)
+        self._pos_cache: dict[tuple, Tensor] = {}
+        self.kv_compress: KVCompress | None = None
+        self.set_kv_compress(kv_compress)
+
+    def set_kv_compress(self, kv_compress: KVCompress | None) -> None:
+        """Switch KV compression (or turn it off with None) without reloading weights."""
+        layers = kv_compress.layer_set(self.config.depth) if kv_compress is not None else frozenset()
+        if kv_compress is not None and kv_compress.mode == "conv":
+            trained = set(self.config.conv_kv_layers)
+            if not trained:
+                raise ValueError(
+                    "KV compression mode 'conv' needs a checkpoint with trained KV-compression weights "
+                    "(blocks.N.attn.sr / attn.norm); this one has none. Use 'avgpool', 'uniform' or 'ave'."
+                )
+            if not layers <= trained or kv_compress.factor != self.config.conv_kv_factor:
+                raise ValueError(
+                    f"KV compression mode 'conv': the checkpoint trained factor {self.config.conv_kv_factor} on "
+                    f"layers {sorted(trained)}; asked for factor {kv_compress.factor} on layers {sorted(layers)}"
+                )
+        for i, block in enumerate(self.blocks):
+            block.attn.kv_compress = kv_compress if i in layers else None
+        self.kv_compress = kv_compress
+
+    def pos_embed(self, grid_h: int, grid_w: int, device, dtype) -> Tensor:
+        """(1, N, C) position embedding for a token grid, cached per grid, device and dtype."""
+        key = (grid_h, grid_w, str(device), dtype)
+        if key not in self._pos_cache:
+            if len(self._pos_cache) >= _POS_CACHE_SIZE:
+                self._pos_cache.pop(next(iter(self._pos_cache)))
+            cfg = self.config
+            table = sincos_2d(cfg.hidden_size, grid_h, grid_w, cfg.base_grid, cfg.pe_interpolation)
+            self._pos_cache[key] = table.to(device=device, dtype=dtype)[None]
+        return self._pos_cache[key]
+
+    def _check_inputs(self, x: Tensor, caption: Tensor, caption_mask: Tensor | None) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"PixArt expects latents (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}"
+                + (" — is this a latent from another VAE?" if x.ndim == 4 else "")
+            )
+        if x.shape[2] % cfg.patch_size or x.shape[3] % cfg.patch_size:
+            raise ValueError(
+                f"PixArt latent size {x.shape[2]}×{x.shape[3]} must be a multiple of the patch size {cfg.patch_size} "
+                f"(image sides a multiple of {8 * cfg.patch_size} pixels)"
+            )
+        if caption.ndim != 3 or caption.shape[0] != x.shape[0] or caption.shape[2] != cfg.caption_channels:
+            raise ValueError(
+                f"PixArt expects captions ({x.shape[0]}, L, {cfg.caption_channels}), got {tuple(caption.shape)}"
+            )
+        if caption_mask is not None and caption_mask.shape != caption.shape[:2]:
+            raise ValueError(f"caption_mask {tuple(caption_mask.shape)} must be {tuple(caption.shape[:2])}")
+
+    def _caption_bias(self, y: Tensor, caption_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Drop caption tokens masked in every sample and turn the rest of the mask into an additive bias.
+
+        Returns:
+            y (B, L', caption_channels) and None (all kept) or a (B, 1, 1, L') bias of 0 / -inf.
+        """
+        if caption_mask is None:
+            return y, None
+        keep = caption_mask > 0.5  # (B, L)
+        empty = (~keep.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"caption_mask of sample(s) {empty} is all zeros: at least one token must be kept")
+        used = keep.any(dim=0)  # (L,)
+        if not bool(used.all()):
+            y, keep = y[:, used], keep[:, used]
+        if bool(keep.all()):
+            return y, None
+        bias = torch.zeros(keep.shape, dtype=y.dtype, device=y.device).masked_fill_(~keep, float("-inf"))
+        return y, bias[:, None, None, :]
+
+    def _embed_timestep(
+        self, timestep: Tensor, latent: Tensor, resolution: Tensor | None, aspect_ratio: Tensor | None
+    ) -> Tensor:
+        """(B,) timesteps (+ α micro-conditions from the (B, C_in, H, W) latent's size) -> (B, C) embedding."""
+        b, _, h, w = latent.shape
+        device, dtype = latent.device, latent.dtype
+        t = self.t_embedder(timestep.to(device).reshape(-1).expand(b), dtype)
+        if not self.config.micro_conditions:
+            return t
+        if resolution is None:
+            resolution = torch.tensor([[8.0 * h, 8.0 * w]], device=device).expand(b, 2)
+        if aspect_ratio is None:
+            aspect_ratio = torch.full((b, 1), h / w, device=device)
+        size = [self.csize_embedder(resolution.to(device), dtype), self.ar_embedder(aspect_ratio.to(device), dtype)]
+        return t + torch.cat(size, dim=1)  # (B, C)
+
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        caption: Tensor,
+        caption_mask: Tensor | None = None,
+        resolution: Tensor | None = None,
+        aspect_ratio: Tensor | None = None,
+    ) -> Tensor:
+        """
+        Args:
+            x: (B, C_in, H, W) latents.
+            timestep: (B,) or scalar, 0–999 scale.
+            caption: (B, L, caption_channels) T5 states.
+            caption_mask: (B, L) ones for tokens to attend, zeros for padding; None attends to all.
+            resolution: α only, (B, 2) image height, width in pixels (default 8·H, 8·W).
+            aspect_ratio: α only, (B, 1) height / width (default H / W).
+        Returns:
+            (B, C_out, H, W) in the dtype of ``x``: epsilon in the first C_in channels, then the variance.
+        """
+        self._check_inputs(x, caption, caption_mask)
+        out_dtype = x.dtype
+        if self.compute_dtype is not None:
+            x, caption = x.to(self.compute_dtype), caption.to(self.compute_dtype)
+        cfg = self.config
+        b, _, height, width = x.shape
+        p = cfg.patch_size
+        grid = (height // p, width // p)
+        t = self._embed_timestep(timestep, x, resolution, aspect_ratio)  # (B, C)
+        x = self.x_embedder(x) + self.pos_embed(*grid, x.device, x.dtype)  # (B, N, C)
+        t0 = self.t_block(t)  # (B, 6C)
+        caption, bias = self._caption_bias(caption, caption_mask)
+        y = self.y_embedder(caption)  # (B, L', C)
+        clamp = x.dtype == torch.float16
+        for block in self.blocks:
+            x = block(x, y, t0, grid, bias)
+            if clamp:
+                x = x.clamp(-FP16_MAX, FP16_MAX)
+        x = self.final_layer(x, t)  # (B, N, p·p·C_out)
+        x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
+        x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)
+        return x.to(out_dtype)
