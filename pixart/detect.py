@@ -177,7 +177,7 @@ def detect_config(
     preset, overrides = _resolve_variant(variant, source)
     clashes = {k: (v, shapes[k]) for k, v in overrides.items() if k in shapes and v != shapes[k]}
     if preset is not None:
-        for k in ("depth", "hidden_size", "caption_channels"):
+        for k in ("hidden_size", "caption_channels"):
             if k not in overrides and getattr(preset, k) != shapes[k]:
                 clashes[k] = (getattr(preset, k), shapes[k])
     if clashes:

@@ -22,8 +22,17 @@ def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def layer_norm(x: Tensor) -> Tensor:
-    """Parameter-free LayerNorm over the channels (eps 1e-6), as before every modulation."""
+    """Parameter-free LayerNorm over the channels (eps 1e-6), as before every modulation; fp16 is normalised in
+    fp32 so that saturated activations do not overflow the variance."""
+    if x.dtype == torch.float16:
+        return F.layer_norm(x.float(), x.shape[-1:], eps=1e-6).half()
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+
+
+def residual(x: Tensor, update: Tensor) -> Tensor:
+    """x + update; in fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16 guard)."""
+    x = x + update
+    return x.clamp_(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
 
 
 class Modulation(NamedTuple):
@@ -73,10 +82,9 @@ class PixArtBlock(nn.Module):
         """
         table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
         m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
-        x = x + m.gate_msa * self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid)
-        x = x + self.cross_attn(x, y, bias)
-        x = x + m.gate_mlp * self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp))
-        return x
+        x = residual(x, m.gate_msa * self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid))
+        x = residual(x, self.cross_attn(x, y, bias))
+        return residual(x, m.gate_mlp * self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)))
 
 
 class FinalLayer(nn.Module):
@@ -255,11 +263,8 @@ class PixArtTransformer(nn.Module):
         t0 = self.t_block(t)  # (B, 6C)
         caption, bias = self._caption_bias(caption, caption_mask)
         y = self.y_embedder(caption)  # (B, L', C)
-        clamp = x.dtype == torch.float16
         for block in self.blocks:
             x = block(x, y, t0, grid, bias)
-            if clamp:
-                x = x.clamp(-FP16_MAX, FP16_MAX)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)

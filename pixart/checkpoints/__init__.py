@@ -36,7 +36,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict, str]:
     path = Path(path)
     if path.is_dir():
         folder = transformer_folder(path)
-        return read_diffusers_folder(folder), folder_hints(folder), str(folder)
+        hints = folder_hints(folder)
+        return read_diffusers_folder(folder), hints, str(folder)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.suffix == ".safetensors":

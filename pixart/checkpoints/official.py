@@ -19,11 +19,20 @@ log = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict_ema", "state_dict", "ema", "model", "module")
 
 
+def _is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle (first byte 0x80)."""
+    with open(path, "rb") as f:
+        first = f.read(1)
+    return first == b"\x80" or zipfile.is_zipfile(path)
+
+
 def read_pickled(path: Path) -> dict[str, Tensor]:
     """Tensors of a ``.pth``/``.pt``/``.bin``/``.ckpt`` file, unwrapped from a ``state_dict`` (or EMA) wrapper."""
+    if not _is_torch_file(path):
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a torch zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or holds objects other than tensors): {e}"
         ) from e
