@@ -63,7 +63,7 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H/p, W/p) -> (B, N, C)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, C, H/p, W/p) -> (B, N, C), row-major
 
 
 class ScalarEmbedder(nn.Module):

@@ -17,8 +17,8 @@ _POS_CACHE_SIZE = 4
 
 
 def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation: x·(1 + scale) + shift."""
-    return x * (1 + scale) + shift
+    """adaLN modulation: x·(1 + scale) + shift, in one pass over x."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 def layer_norm(x: Tensor) -> Tensor:
@@ -29,9 +29,10 @@ def layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
 
 
-def residual(x: Tensor, update: Tensor) -> Tensor:
-    """x + update; in fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16 guard)."""
-    x = x + update
+def residual(x: Tensor, update: Tensor, gate: Tensor | None = None) -> Tensor:
+    """x + gate·update (one pass); in fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16
+    guard)."""
+    x = x + update if gate is None else torch.addcmul(x, gate, update)
     return x.clamp_(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
 
 
@@ -82,9 +83,9 @@ class PixArtBlock(nn.Module):
         """
         table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
         m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
-        x = residual(x, m.gate_msa * self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid))
+        x = residual(x, self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid), m.gate_msa)
         x = residual(x, self.cross_attn(x, y, bias))
-        return residual(x, m.gate_mlp * self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)))
+        return residual(x, self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)), m.gate_mlp)
 
 
 class FinalLayer(nn.Module):

@@ -1,0 +1,247 @@
+"""Benchmark one PixArt DiT forward (CFG batch 2): ours vs diffusers' PixArtTransformer2DModel vs ComfyUI's built-in
+PixArtMS (when a ComfyUI checkout is found), all with the same random weights.
+
+Prints one JSON line per case: median times, speed ratios, peak memory, the model's FLOPs and the fraction of this
+machine's matmul rate our forward reaches. Each model runs in its own subprocess so peak memory is its own.
+
+    python scripts/bench_dit.py --sizes 1024 --depth 4
+    python scripts/bench_dit.py --sizes 2048,4096 --depth 2 --kv off,avgpool2-half,avgpool2-all --impls ours
+    python scripts/bench_dit.py --device cuda --dtypes bf16 --depth 28 --sizes 1024,2048,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pixart import VARIANTS, KVCompress, PixArtTransformer  # noqa: E402
+from pixart.checkpoints.keymap import official_to_diffusers  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_TOKENS, NEGATIVE_TOKENS = 40, 1  # a typical prompt and the empty negative, out of 300 padded tokens
+MODEL_MAX_LENGTH = 300
+
+
+def parse_kv(name: str, depth: int) -> KVCompress | None:
+    """``off`` | ``<mode><factor>-half`` (the second half of the blocks: 14–27 of 28) | ``<mode><factor>-all``."""
+    if name == "off":
+        return None
+    spec, _, scope = name.partition("-")
+    mode, factor = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")) :])
+    layers = None if scope == "half" else tuple(range(depth))
+    return KVCompress(mode, factor, layers)
+
+
+def forward_gflop(config, grid: tuple[int, int], kv: KVCompress | None, batch: int, text_tokens: int) -> float:
+    """Multiply-add FLOPs (×2) of the blocks' matmuls, attention included, for one forward."""
+    c, n = config.hidden_size, grid[0] * grid[1]
+    compressed = kv.layer_set(config.depth) if kv else frozenset()
+    total = 0.0
+    for i in range(config.depth):
+        m = n if i not in compressed else -(-grid[0] // kv.factor) * -(-grid[1] // kv.factor)
+        linear = n * (3 * c * c + c * c + c * c + 2 * config.mlp_ratio * c * c) + text_tokens * 2 * c * c
+        attention = 2 * n * m * c + 2 * n * text_tokens * c
+        total += 2 * (linear + attention)
+    total += 2 * text_tokens * (config.caption_channels * c + c * c) + 2 * n * c * config.patch_size**2 * 8
+    return batch * total / 1e9
+
+
+def matmul_gflops(device: str, dtype: torch.dtype) -> float:
+    """This machine's rate on a model-shaped matmul (4096 tokens × 1152 -> 4608)."""
+    a = torch.randn(4096, 1152, device=device, dtype=dtype)
+    b = torch.randn(1152, 4608, device=device, dtype=dtype)
+    times = _time(lambda: a @ b, device, runs=5, warmup=2)
+    return 2 * 4096 * 1152 * 4608 / statistics.median(times) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _inputs(config, size: int, device: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(1)
+    latent = size // 8
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device, dtype)
+    t = torch.tensor([500.0, 500.0], device=device)
+    y = torch.randn(2, MODEL_MAX_LENGTH, config.caption_channels, generator=g).to(device, dtype)
+    mask = torch.zeros(2, MODEL_MAX_LENGTH, device=device)
+    mask[0, :PROMPT_TOKENS] = 1
+    mask[1, :NEGATIVE_TOKENS] = 1
+    return x, t, y, mask
+
+
+def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str | None):
+    """The model under test and a callable running one forward."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        ours = PixArtTransformer(config, kv_compress=kv)
+    weights = {k: torch.randn(v.shape, dtype=dtype) * 0.02 for k, v in ours.state_dict().items()}
+    if impl == "ours":
+        model = PixArtTransformer(config, kv_compress=kv, dtype=dtype, device=device)
+        model.load_state_dict(weights)
+        return lambda x, t, y, m: model(x, t, y, m)
+    if impl == "diffusers":
+        from diffusers import PixArtTransformer2DModel
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+
+        model = PixArtTransformer2DModel(
+            num_attention_heads=config.num_heads,
+            attention_head_dim=config.head_dim,
+            num_layers=config.depth,
+            cross_attention_dim=config.hidden_size,
+            sample_size=config.sample_size,
+            caption_channels=config.caption_channels,
+            interpolation_scale=config.pe_interpolation,
+            use_additional_conditions=False,
+        ).to(device, dtype)
+        model.load_state_dict(official_to_diffusers(weights))
+        cond = {"resolution": None, "aspect_ratio": None}
+        return lambda x, t, y, m: (
+            model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=m, added_cond_kwargs=cond).sample
+        )
+    if impl == "comfy":
+        sys.path.insert(0, comfyui)
+        import comfy.ops
+        from comfy.ldm.pixart.pixartms import PixArtMS
+
+        model = PixArtMS(
+            input_size=config.sample_size,
+            hidden_size=config.hidden_size,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            pe_interpolation=config.pe_interpolation,
+            model_max_length=config.caption_tokens,
+            micro_condition=False,
+            dtype=dtype,
+            device=device,
+            operations=comfy.ops.disable_weight_init,
+        )
+        model.load_state_dict(weights, strict=False)
+        # ComfyUI feeds unpadded prompt tokens and an all-pad negative, batched to one length.
+        return lambda x, t, y, m: model(x, t, y[:, :PROMPT_TOKENS])
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _measure(queue, impl, config, kv, size, device, dtype, runs, warmup, comfyui, threads):
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    run = _build(impl, config, kv, device, dtype, comfyui)
+    x, t, y, mask = _inputs(config, size, device, dtype)
+    with torch.inference_mode():
+        times = _time(lambda: run(x, t, y, mask), device, runs, warmup)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"seconds": statistics.median(times), "peak_mb": round(peak, 1)})
+
+
+def measure(impl, *args) -> dict:
+    """Run one implementation on one case in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(queue, impl, *args))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        return {"error": f"{impl} exited with {proc.exitcode}"}
+    return queue.get()
+
+
+def find_comfyui(explicit: str | None) -> str | None:
+    path = explicit or os.environ.get("COMFYUI_PATH")
+    if path and (Path(path) / "comfy" / "ldm" / "pixart").is_dir():
+        return path
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1024", help="image sides in pixels, comma-separated (latent = side/8)")
+    parser.add_argument("--depth", type=int, default=4, help="blocks (28 = the released model)")
+    parser.add_argument("--dtypes", default="fp32", help="fp32,bf16,fp16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--kv", default="off", help="off, avgpool2-half, uniform2-half, avgpool2-all, ...")
+    parser.add_argument("--impls", default="ours,diffusers,comfy", help="ours,diffusers,comfy")
+    parser.add_argument("--variant", default="sigma-1024", choices=sorted(VARIANTS))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = VARIANTS[args.variant].replace(depth=args.depth)
+    comfyui = find_comfyui(args.comfyui)
+    impls = [i for i in args.impls.split(",") if i != "comfy" or comfyui]
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        rate = matmul_gflops(args.device, dtype)
+        for size in (int(s) for s in args.sizes.split(",")):
+            off_seconds = None
+            for kv_name in args.kv.split(","):
+                kv = parse_kv(kv_name, config.depth)
+                common = (config, kv, size, args.device, dtype, args.runs, args.warmup, comfyui, args.threads)
+                results = {impl: measure(impl, *common) for impl in (impls if kv is None else ["ours"])}
+                ours = results["ours"].get("seconds")
+                grid = (size // 16, size // 16)
+                gflop = forward_gflop(config, grid, kv, 2, PROMPT_TOKENS)
+                line = {
+                    "device": args.device,
+                    "torch": torch.__version__,
+                    "cpu": platform.processor() or platform.machine(),
+                    "threads": args.threads,
+                    "dtype": dtype_name,
+                    "image": size,
+                    "latent": size // 8,
+                    "depth": config.depth,
+                    "width": config.hidden_size,
+                    "kv": kv_name,
+                    "results": results,
+                    "gflop": round(gflop, 1),
+                    "matmul_gflops": round(rate, 1),
+                }
+                if ours:
+                    line["ours_matmul_fraction"] = round(gflop / ours / rate, 3)
+                    for other in ("diffusers", "comfy"):
+                        if results.get(other, {}).get("seconds"):
+                            line[f"speedup_vs_{other}"] = round(results[other]["seconds"] / ours, 3)
+                    if kv is None:
+                        off_seconds = ours
+                    elif off_seconds:
+                        line["speedup_vs_kv_off"] = round(off_seconds / ours, 3)
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
