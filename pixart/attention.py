@@ -27,6 +27,23 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+def query_chunked(attention: AttentionFn, chunk: int) -> AttentionFn:
+    """Wrap an attention function to process at most ``chunk`` queries at a time.
+
+    Exact (softmax is per query row); bounds the (chunk × M) score memory of backends that materialise it, which
+    is what lets 4096² images (65,536 tokens) run on such backends.
+    """
+    if chunk < 1:
+        raise ValueError(f"attention query chunk must be >= 1, got {chunk}")
+
+    def chunked(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        if q.shape[2] <= chunk:
+            return attention(q, k, v, bias)
+        return torch.cat([attention(part, k, v, bias) for part in q.split(chunk, dim=2)], dim=2)
+
+    return chunked
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over image tokens; keys and values may be compressed on the token grid.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .attention import query_chunked, sdpa_attention
 from .checkpoints import read_checkpoint
 from .config import KVCompress
 from .model import PixArtTransformer
@@ -20,6 +21,8 @@ def load_dit(
     dtype: torch.dtype = torch.float32,
     kv_compress: KVCompress | None = None,
     device: str | torch.device = "cpu",
+    attention_chunk: int | None = None,
+    torch_compile: bool = False,
 ) -> PixArtTransformer:
     """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors`` file (official, diffusers or
     ComfyUI keys) or a diffusers folder.
@@ -31,13 +34,20 @@ def load_dit(
             in the input's dtype.
         kv_compress: ``KVCompress`` settings or None.
         device: where the weights go.
+        attention_chunk: process at most this many queries per attention call (None: all at once).
+        torch_compile: wrap the model in ``torch.compile`` (faster steps after a first slow one; needs a C++ compiler on
+            CPU and Triton on CUDA).
     Returns:
         The model in eval mode; ``model.config`` holds its architecture.
     """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"load_dit: dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
     state_dict, config = read_checkpoint(path, variant)
+    attention = sdpa_attention if attention_chunk is None else query_chunked(sdpa_attention, attention_chunk)
     with torch.device("meta"):
-        model = PixArtTransformer(config, kv_compress=kv_compress, dtype=dtype, compute_dtype=dtype)
+        model = PixArtTransformer(config, kv_compress, dtype=dtype, attention=attention, compute_dtype=dtype)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}, assign=True)
-    return model.eval()
+    model.eval()
+    if torch_compile:
+        model.compile()
+    return model

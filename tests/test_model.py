@@ -5,6 +5,7 @@ import torch
 from dit_fixtures import inputs, tiny_config
 
 from pixart import PixArtTransformer
+from pixart.attention import query_chunked, sdpa_attention
 from pixart.embeddings import sincos_2d
 from pixart.model import residual
 
@@ -80,3 +81,16 @@ def test_fp16_guard_keeps_the_residual_stream_finite():
         residual(torch.tensor([60000.0], dtype=torch.float16), torch.tensor([9000.0]).half()),
         torch.tensor([65504.0], dtype=torch.float16),
     )
+
+
+def test_query_chunked_attention_is_exact():
+    torch.manual_seed(0)
+    config = tiny_config()
+    plain = PixArtTransformer(config).eval()
+    chunked = PixArtTransformer(config, attention=query_chunked(sdpa_attention, 5)).eval()
+    chunked.load_state_dict(plain.state_dict())
+    x, t, y, mask = inputs(config, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x, t, y, mask), plain(x, t, y, mask), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="query chunk must be >= 1"):
+        query_chunked(sdpa_attention, 0)
