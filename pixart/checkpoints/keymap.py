@@ -74,6 +74,11 @@ def diffusers_module_target(name: str) -> ModuleTarget | None:
     return None
 
 
+def diffusers_module_names() -> tuple[str, ...]:
+    """Every diffusers module name with an official counterpart; block modules carry ``{i}`` for the block index."""
+    return tuple(_GLOBAL_MODULES) + tuple(f"transformer_blocks.{{i}}.{name}" for name in _BLOCK_MODULES)
+
+
 def _split_param(key: str) -> tuple[str, str]:
     module, _, param = key.rpartition(".")
     return module, param

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 METADATA_KEY = "lora_adapter_metadata"
 
@@ -44,7 +45,8 @@ class PeftSettings:
     @classmethod
     def from_dict(cls, config: dict, source: str) -> PeftSettings:
         """Settings from a ``LoraConfig`` dict; raises LoraError on adapters this loader cannot apply."""
-        peft_type = str(config.get("peft_type") or "LORA").upper()
+        peft_type = config.get("peft_type") or "LORA"
+        peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # a str or PEFT's PeftType enum
         if peft_type != "LORA":
             raise LoraError(f"{source}: PEFT type {peft_type!r} is not supported, only plain LoRA")
         if config.get("use_dora"):
@@ -53,7 +55,7 @@ class PeftSettings:
             raise LoraError(f"{source}: neither 'r' nor 'lora_alpha' is set; is this a PEFT LoRA config?")
         r = config.get("r")
         return cls(
-            lora_alpha=float(config.get("lora_alpha", r or 1)),
+            lora_alpha=float(config.get("lora_alpha", 8)),  # PEFT's default
             r=int(r) if r is not None else None,
             rank_pattern={str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()},
             alpha_pattern={str(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
@@ -104,7 +106,7 @@ def read_lora(path: str | Path) -> RawLora:
 
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and (safetensors only) header metadata of one file."""
-    if path.suffix == ".safetensors":
+    if path.suffix in SAFETENSORS_SUFFIXES:
         try:
             with safetensors.safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -119,7 +121,9 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
             raise LoraError(f"{path}: expected a flat dict of tensors, found {type(data).__name__}")
         return data, {}
-    raise LoraError(f"{path}: unknown LoRA file type {path.suffix!r}; expected .safetensors or {TORCH_SUFFIXES}")
+    raise LoraError(
+        f"{path}: unknown LoRA file type {path.suffix!r}; expected one of {SAFETENSORS_SUFFIXES + TORCH_SUFFIXES}"
+    )
 
 
 def _read_peft_folder(folder: Path) -> RawLora:

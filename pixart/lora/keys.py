@@ -1,0 +1,149 @@
+"""LoRA key names and the official PixArt module each one updates.
+
+A LoRA key is ``<prefix><module><role suffix>``:
+
+* prefix: ``transformer.`` (diffusers ``save_lora_weights``), ``base_model.model.`` (PEFT), ``unet.`` (the official
+  PixArt script saves through ``StableDiffusionPipeline``), ``diffusion_model.``, ``lora_unet_`` (kohya); stacked
+  prefixes such as ``unet.base_model.model.`` are stripped one after the other;
+* module: a diffusers name (``transformer_blocks.3.attn1.to_q``), an official one (``blocks.3.attn.qkv``), either
+  with ``_`` for ``.`` after a kohya prefix, or the old attention-processor name (``attn1.processor.to_q_lora``);
+* role suffix: ``.lora_A.weight``/``.lora_B.weight`` (PEFT, diffusers), ``.lora.down.weight``/``.lora.up.weight``
+  (older diffusers), ``.lora_down.weight``/``.lora_up.weight`` (kohya), ``.alpha``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from ..checkpoints.keymap import ModuleTarget, diffusers_module_names, diffusers_module_target
+
+DOWN, UP, ALPHA = "down", "up", "alpha"
+
+ROLE_SUFFIXES = (
+    (".lora_A.weight", DOWN),
+    (".lora_B.weight", UP),
+    (".lora_A.default.weight", DOWN),
+    (".lora_B.default.weight", UP),
+    (".lora.down.weight", DOWN),
+    (".lora.up.weight", UP),
+    ("_lora.down.weight", DOWN),
+    ("_lora.up.weight", UP),
+    (".lora_down.weight", DOWN),
+    (".lora_up.weight", UP),
+    (".alpha", ALPHA),
+)
+
+# Substrings of keys this loader recognises but cannot apply, with the reason shown to the user.
+UNSUPPORTED = (
+    ("lora_magnitude_vector", "DoRA is not supported"),
+    ("dora_scale", "DoRA is not supported"),
+    ("lora_mid", "LoCon/Tucker mid weights are not supported"),
+    (".lora_A.bias", "LoRA biases are not supported"),
+    (".lora_B.bias", "LoRA biases are not supported"),
+    ("hada_", "LoHa is not supported"),
+    ("lokr_", "LoKr is not supported"),
+)
+
+PREFIXES = ("base_model.model.", "transformer.", "unet.", "model.diffusion_model.", "diffusion_model.")
+UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")
+
+# Linear/conv modules of our model (official names) that a LoRA may update. {i} is a block index.
+OFFICIAL_MODULES = (
+    "x_embedder.proj",
+    "t_embedder.mlp.0",
+    "t_embedder.mlp.2",
+    "t_block.1",
+    "y_embedder.y_proj.fc1",
+    "y_embedder.y_proj.fc2",
+    "csize_embedder.mlp.0",
+    "csize_embedder.mlp.2",
+    "ar_embedder.mlp.0",
+    "ar_embedder.mlp.2",
+    "final_layer.linear",
+    "blocks.{i}.attn.qkv",
+    "blocks.{i}.attn.proj",
+    "blocks.{i}.cross_attn.q_linear",
+    "blocks.{i}.cross_attn.kv_linear",
+    "blocks.{i}.cross_attn.proj",
+    "blocks.{i}.mlp.fc1",
+    "blocks.{i}.mlp.fc2",
+)
+
+_PROCESSOR = re.compile(r"^(.*\.attn[12])\.processor\.(to_q|to_k|to_v|to_out)(?:_lora)?$")
+
+
+def _template_regex(template: str, separator: str) -> re.Pattern:
+    """``blocks.{i}.attn.qkv`` -> a regex for that name with ``separator`` between components."""
+    parts = [r"(\d+)" if part == "{i}" else re.escape(part) for part in template.split(".")]
+    return re.compile("^" + re.escape(separator).join(parts) + "$")
+
+
+@functools.cache
+def _official_regexes() -> tuple[re.Pattern, ...]:
+    """Dotted official module names."""
+    return tuple(_template_regex(t, ".") for t in OFFICIAL_MODULES)
+
+
+@functools.cache
+def _underscore_templates() -> tuple[tuple[re.Pattern, str], ...]:
+    """(regex for the ``_`` form, dotted template) for every official and diffusers module name."""
+    templates = OFFICIAL_MODULES + diffusers_module_names()
+    return tuple((_template_regex(t, "_"), t) for t in templates)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(module, role) of a LoRA key, role one of ``down``/``up``/``alpha``; role ``""`` for keys of no known kind."""
+    for suffix, role in ROLE_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], role
+    return key, ""
+
+
+def unsupported_reason(key: str) -> str:
+    """Why ``key`` cannot be applied, for the error listing it."""
+    for marker, reason in UNSUPPORTED:
+        if marker in key:
+            return reason
+    return "not a LoRA down/up/alpha tensor"
+
+
+def canonical_module(module: str) -> str:
+    """The module name with storage prefixes removed, old processor names and ``_`` forms turned into dots.
+
+    ``unet.base_model.model.transformer_blocks.0.attn1.to_q`` -> ``transformer_blocks.0.attn1.to_q``;
+    ``lora_unet_blocks_0_attn_qkv`` -> ``blocks.0.attn.qkv``. Unknown ``_`` forms stay as they are.
+    """
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in PREFIXES + UNDERSCORE_PREFIXES:
+            if module.startswith(prefix):
+                module, stripped = module[len(prefix) :], True
+    match = _PROCESSOR.match(module)
+    if match:
+        projection = "to_out.0" if match.group(2) == "to_out" else match.group(2)
+        return f"{match.group(1)}.{projection}"
+    if "." not in module:
+        return _dotted(module)
+    return module
+
+
+def _dotted(name: str) -> str:
+    """The dotted module name behind a ``_`` form, or ``name`` itself when no single known name matches."""
+    found = {
+        template.replace("{i}", match.group(1)) if match.groups() else template
+        for regex, template in _underscore_templates()
+        if (match := regex.match(name))
+    }
+    return found.pop() if len(found) == 1 else name
+
+
+def module_target(module: str) -> ModuleTarget | None:
+    """The official module (and row chunk of a fused weight) that canonical ``module`` updates; None if unknown."""
+    target = diffusers_module_target(module)
+    if target is not None:
+        return target
+    if any(regex.match(module) for regex in _official_regexes()):
+        return ModuleTarget(module)
+    return None

@@ -1,0 +1,190 @@
+"""Tiny PixArt LoRAs made with PEFT on the diffusers reference model, and writers for every LoRA naming.
+
+``make_peft`` injects a LoRA (random non-zero A and B) into a copy of the reference; PEFT's own forward and
+``merge_and_unload`` are the ground truth. The writers store the same update under each naming we read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from pixart.checkpoints.keymap import diffusers_module_target, diffusers_to_official, official_to_diffusers
+
+# Every linear/conv of diffusers' PixArtTransformer2DModel: attention, feed-forward, proj_out, caption projection,
+# timestep embedder, adaLN-single linear and the patch-embedding convolution (the official script's "proj").
+ALL_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_out", "linear_1", "linear_2"]
+ALL_TARGETS += ["linear", "proj"]
+
+
+def make_peft(reference, seed: int = 3, targets=None, **config):
+    """A PeftModel around a copy of ``reference`` with every lora_A/lora_B set to seeded noise (std 0.1).
+
+    ``config`` goes to ``LoraConfig`` (default r=4, lora_alpha=8, so scale 2).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    settings = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, **config}
+    lora_config = LoraConfig(target_modules=targets or ALL_TARGETS, **settings)
+    model = get_peft_model(copy.deepcopy(reference), lora_config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def lora_state(peft_model) -> dict[str, torch.Tensor]:
+    """LoRA tensors keyed by diffusers module names: ``transformer_blocks.0.attn1.to_q.lora_A.weight``."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    return {k.removeprefix("base_model.model."): v.contiguous() for k, v in state.items()}
+
+
+def lora_scales(peft_model) -> dict[str, float]:
+    """PEFT's scale (alpha / r) of each LoRA module, by diffusers module name."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    return {n: m.scaling["default"] for n, m in base.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_official(peft_model) -> dict[str, torch.Tensor]:
+    """PEFT's merged weights (``merge_and_unload``) under official names."""
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    state, unknown = diffusers_to_official(merged.state_dict())
+    assert not unknown
+    return state
+
+
+def _pairs(state: dict[str, torch.Tensor]):
+    """(module, down, up) for each module of a diffusers-keyed PEFT state (prefixes such as ``transformer.`` kept)."""
+    for key in sorted(state):
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            yield module, state[key], state[f"{module}.lora_B.weight"]
+
+
+def write_peft_folder(peft_model, folder: Path) -> Path:
+    """``PeftModel.save_pretrained``: adapter_model.safetensors + adapter_config.json."""
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+def write_official_script(peft_model, folder: Path) -> Path:
+    """What the official PixArt LoRA script saves: the PEFT folder, and beside it ``StableDiffusionPipeline
+    .save_lora_weights(unet_lora_layers=get_peft_model_state_dict(peft_model))`` (keys
+    ``unet.base_model.model.…``, no alpha)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import get_peft_model_state_dict
+
+    peft_model.save_pretrained(str(folder))
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=str(folder), unet_lora_layers=get_peft_model_state_dict(peft_model), safe_serialization=True
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def write_diffusers(peft_model, folder: Path) -> Path:
+    """diffusers' ``save_lora_weights(transformer_lora_layers=…, transformer_lora_adapter_metadata=…)`` as the
+    transformer pipelines write it (keys ``transformer.…``, LoraConfig in the safetensors header). diffusers has
+    no PixArt LoRA mixin, so Sana's (same transformer prefix) does the writing."""
+    from diffusers.loaders.lora_pipeline import SanaLoraLoaderMixin
+
+    SanaLoraLoaderMixin.save_lora_weights(
+        str(folder),
+        transformer_lora_layers=lora_state(peft_model),
+        transformer_lora_adapter_metadata=peft_model.peft_config["default"].to_dict(),
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def write_old_diffusers(state: dict, scales: dict, path: Path) -> Path:
+    """Older diffusers naming ``transformer.<module>.lora.down/up.weight`` (no alpha: scale folded into up), as a
+    torch ``.bin``. ``state``: diffusers-keyed lora_A/lora_B tensors; ``scales``: alpha / r by module."""
+    out = {}
+    for module, down, up in _pairs(state):
+        out[f"transformer.{module}.lora.down.weight"] = down
+        out[f"transformer.{module}.lora.up.weight"] = up * scales[module]
+    torch.save(out, path)
+    return path
+
+
+def write_kohya(state: dict, scales: dict, path: Path) -> Path:
+    """kohya naming ``lora_unet_<module with _>.lora_down/lora_up.weight`` + ``.alpha``."""
+    out = {}
+    for module, down, up in _pairs(state):
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.lora_down.weight"] = down
+        out[f"{name}.lora_up.weight"] = up
+        out[f"{name}.alpha"] = torch.tensor(scales[module] * down.shape[0])
+    save_file(out, str(path))
+    return path
+
+
+def write_official_keys(state: dict, scales: dict, path: Path, underscore: bool = False) -> Path:
+    """Official module names (``blocks.0.attn.qkv.lora_A.weight``): q, k, v (and k, v) LoRAs fused into one of
+    rank Σr with a block-diagonal up, scales folded into up, ``.alpha`` = rank (scale 1)."""
+    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, down, up in _pairs(state):
+        target = diffusers_module_target(module)
+        fused.setdefault(target.module, {})[target.chunk] = (down, up * scales[module])
+    out = {}
+    for module, chunks in fused.items():
+        downs, ups = zip(*(chunks[i] for i in sorted(chunks)), strict=True)
+        down = torch.cat(downs) if len(downs) > 1 else downs[0]
+        up = torch.block_diag(*(u.flatten(1) for u in ups)) if len(ups) > 1 else ups[0]
+        name = "lora_unet_" + module.replace(".", "_") if underscore else module
+        out[f"{name}.lora_A.weight"] = down.contiguous()
+        out[f"{name}.lora_B.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
+    save_file(out, str(path))
+    return path
+
+
+def write_adapter_folder(state: dict, r: int, lora_alpha: float, folder: Path) -> Path:
+    """A PEFT adapter folder written by hand (no PEFT model needed): ``base_model.model.`` keys + a minimal config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({f"base_model.model.{k}": v for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": lora_alpha, "rank_pattern": {}, "alpha_pattern": {}}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def random_lora(official: dict[str, torch.Tensor], rank: int, seed: int, std: float = 0.05) -> dict:
+    """Seeded diffusers-keyed lora_A/lora_B tensors for every linear/conv of a model given by its official state dict
+    (the patch-embedding conv gets (r, C_in, p, p) / (C, r, 1, 1) like PEFT's Conv2d LoRA)."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {k: v for k, v in official.items() if k.endswith(".weight") and v.ndim in (2, 4)}
+    state = {}
+    for key, weight in sorted(official_to_diffusers(weights).items()):
+        module = key.removesuffix(".weight")
+        if diffusers_module_target(module) is None:
+            continue
+        down_shape, up_shape = (rank, *weight.shape[1:]), (weight.shape[0], rank, *([1] * (weight.ndim - 2)))
+        state[f"{module}.lora_A.weight"] = torch.randn(down_shape, generator=g) * std
+        state[f"{module}.lora_B.weight"] = torch.randn(up_shape, generator=g) * std
+    return state
+
+
+def _state_and_scales(peft_model) -> tuple[dict, dict]:
+    return lora_state(peft_model), lora_scales(peft_model)
+
+
+WRITERS = {
+    "peft-folder": lambda m, d: write_peft_folder(m, d / "peft_adapter"),
+    "official-script": lambda m, d: write_official_script(m, d / "checkpoint-100"),
+    "diffusers": lambda m, d: write_diffusers(m, d / "diffusers"),
+    "old-lora-down-up": lambda m, d: write_old_diffusers(*_state_and_scales(m), d / "old.bin"),
+    "kohya": lambda m, d: write_kohya(*_state_and_scales(m), d / "kohya.safetensors"),
+    "official-keys": lambda m, d: write_official_keys(*_state_and_scales(m), d / "official.safetensors"),
+    "official-underscore": lambda m, d: write_official_keys(
+        *_state_and_scales(m), d / "official_us.safetensors", underscore=True
+    ),
+}
