@@ -17,8 +17,11 @@ _POS_CACHE_SIZE = 4
 
 
 def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation: x·(1 + scale) + shift, in one pass over x."""
-    return torch.addcmul(shift, x, 1 + scale)
+    """adaLN modulation: x·(1 + scale) + shift, in one pass; without autograd it overwrites ``x`` (a fresh norm
+    output) instead of allocating."""
+    if torch.is_grad_enabled():
+        return torch.addcmul(shift, x, 1 + scale)
+    return torch.addcmul(shift, x, 1 + scale, out=x)
 
 
 def layer_norm(x: Tensor) -> Tensor:
@@ -30,9 +33,13 @@ def layer_norm(x: Tensor) -> Tensor:
 
 
 def residual(x: Tensor, update: Tensor, gate: Tensor | None = None) -> Tensor:
-    """x + gate·update (one pass); in fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16
+    """x + gate·update in one pass, in place on the residual stream ``x`` when autograd is off (large CPU
+    allocations cost page faults). In fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16
     guard)."""
-    x = x + update if gate is None else torch.addcmul(x, gate, update)
+    if torch.is_grad_enabled():
+        x = x + update if gate is None else torch.addcmul(x, gate, update)
+    else:
+        x = x.add_(update) if gate is None else x.addcmul_(gate, update)
     return x.clamp_(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
 
 
@@ -57,7 +64,9 @@ class Mlp(nn.Module):
         self.fc2 = operations.Linear(mlp_hidden, hidden_size, bias=True, dtype=dtype, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        h = self.act(h) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate="tanh")
+        return self.fc2(h)
 
 
 class PixArtBlock(nn.Module):
@@ -74,7 +83,8 @@ class PixArtBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=dtype, device=device) / c**0.5)
 
     def forward(self, x: Tensor, y: Tensor, t0: Tensor, grid: tuple[int, int], bias: Tensor | None) -> Tensor:
-        """
+        """Without autograd ``x`` is updated in place and returned.
+
         Args:
             x: (B, N, C) image tokens; y: (B, L, C) caption tokens; t0: (B, 6C) adaLN-single output;
             grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
