@@ -106,6 +106,7 @@ def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str 
     if impl == "ours":
         model = PixArtTransformer(config, kv_compress=kv, dtype=dtype, device=device)
         model.load_state_dict(weights)
+        model.eval()
         return lambda x, t, y, m: model(x, t, y, m)
     if impl == "diffusers":
         from diffusers import PixArtTransformer2DModel
@@ -124,12 +125,16 @@ def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str 
             use_additional_conditions=False,
         ).to(device, dtype)
         model.load_state_dict(official_to_diffusers(weights))
+        model.eval()
         cond = {"resolution": None, "aspect_ratio": None}
         return lambda x, t, y, m: (
             model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=m, added_cond_kwargs=cond).sample
         )
     if impl == "comfy":
         sys.path.insert(0, comfyui)
+        from comfy.cli_args import args as comfy_args
+
+        comfy_args.cpu = device == "cpu"  # before comfy.model_management looks for a GPU
         import comfy.ops
         from comfy.ldm.pixart.pixartms import PixArtMS
 
@@ -146,6 +151,7 @@ def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str 
             operations=comfy.ops.disable_weight_init,
         )
         model.load_state_dict(weights, strict=False)
+        model.eval()
         # ComfyUI feeds unpadded prompt tokens and an all-pad negative, batched to one length.
         return lambda x, t, y, m: model(x, t, y[:, :PROMPT_TOKENS])
     raise ValueError(f"unknown implementation {impl!r}")
