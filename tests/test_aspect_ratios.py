@@ -53,8 +53,8 @@ def test_every_bin_is_consistent(base):
         (1920, 1080, 1024, (1344, 768)),  # portrait -> 1.75
         (100, 10000, 1024, (512, 2048)),  # beyond the table clamps to the extreme bin
         (10000, 100, 512, (1024, 256)),
-        (3, 4, 256, (224, 288)),  # 0.75: 0.72 and 0.78 are 0.03 away; the first (smaller) wins, as in diffusers
-        (1000, 3700, 2048, (1024, 3712)),  # 0.27 is in the 2048 table only
+        (3, 4, 256, (208, 288)),  # 0.75: 0.72 and 0.78 are 0.03 away; the first (smaller) wins, as in diffusers
+        (1000, 3700, 2048, (1024, 3840)),  # 0.27 is in the 2048 table only
     ],
 )
 def test_closest_bin(height, width, base, expected):

@@ -1,0 +1,142 @@
+"""PixArt-Σ/α as a ComfyUI model: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a ``ModelPatcher``.
+
+ComfyUI's samplers, memory management, previews and interrupts then treat it like any built-in model. Imports
+ComfyUI, so the nodes import this module only when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.supported_models_base
+import torch
+
+import pixart
+from pixart.text_encoder import check_caption_width
+
+from .common import check_latent, pad_caption
+
+log = logging.getLogger(__name__)
+SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+FLOAT8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+
+
+def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The ``pixart`` attention contract on ComfyUI's ``optimized_attention``: (B, h, N, d) in and out."""
+    b, heads, n, d = q.shape
+    bias = None if bias is None else bias.to(q.dtype)
+    out = comfy_attention.optimized_attention(q, k, v, heads, mask=bias, skip_reshape=True)  # (B, N, h·d)
+    return out.view(b, n, heads, d).transpose(1, 2)
+
+
+def float8_storage_ops(operations, dtype: torch.dtype) -> SimpleNamespace:
+    """``operations`` whose Linear and Conv2d keep float8 weights (ComfyUI's casting ops upcast them per call);
+    norms and modulation tables keep the default float dtype."""
+
+    def stored(layer):
+        return lambda *args, **kwargs: layer(*args, **{**kwargs, "dtype": dtype})
+
+    return SimpleNamespace(
+        Linear=stored(operations.Linear), Conv2d=stored(operations.Conv2d), LayerNorm=operations.LayerNorm
+    )
+
+
+class ComfyPixArtTransformer(pixart.PixArtTransformer):
+    """The DiT with ComfyUI's call signature; returns epsilon only (the learned variance is not used)."""
+
+    def __init__(self, pixart_config, kv_compress=None, dtype=None, device=None, operations=None, **_unused):
+        param_dtype = dtype
+        if dtype in FLOAT8:
+            operations, param_dtype = float8_storage_ops(operations, dtype), None
+        super().__init__(pixart_config, kv_compress, param_dtype, device, operations, attention=comfy_attention_fn)
+        self.dtype = dtype  # read by BaseModel.get_dtype()
+
+    def forward(self, x, timesteps, context, caption_mask=None, c_size=None, c_ar=None, **_unused):
+        cfg = self.config
+        check_latent(cfg, tuple(x.shape), "PixArt Sigma")
+        check_caption_width(context.shape[-1], cfg.caption_channels)
+        out = super().forward(x, timesteps, context, caption_mask, resolution=c_size, aspect_ratio=c_ar)
+        return out[:, : cfg.in_channels]
+
+
+class PixArtSigmaConfig(comfy.supported_models_base.BASE):
+    """ComfyUI model config of PixArt-Σ: SDXL latents; EPS with linear betas 1e-4..0.02 (``sqrt_linear`` here)."""
+
+    unet_config: dict = {}
+    unet_extra_config: dict = {}
+    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 0.0001, "linear_end": 0.02, "timesteps": 1000}
+    latent_format = comfy.latent_formats.SDXL
+    memory_usage_factor = 0.5
+    supported_inference_dtypes = SUPPORTED_DTYPES
+
+
+class PixArtAlphaConfig(PixArtSigmaConfig):
+    """PixArt-α: as Σ, with SD1.5 latents."""
+
+    latent_format = comfy.latent_formats.SD15
+
+
+class PixArtModel(comfy.model_base.BaseModel):
+    """ComfyUI model: passes the padded caption, its mask and (α) the size micro-conditions to the DiT."""
+
+    def __init__(self, model_config, device=None):
+        EPS = comfy.model_base.ModelType.EPS  # noqa: N806
+        super().__init__(model_config, EPS, device=device, unet_model=ComfyPixArtTransformer)
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        cfg = self.diffusion_model.config
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            caption, mask = pad_caption(cross_attn, kwargs.get("attention_mask"), cfg.caption_tokens)
+            out["c_crossattn"] = comfy.conds.CONDRegular(caption)
+            out["caption_mask"] = comfy.conds.CONDRegular(mask)
+        width, height = kwargs.get("width"), kwargs.get("height")
+        if cfg.micro_conditions and width is not None and height is not None:
+            out["c_size"] = comfy.conds.CONDRegular(torch.FloatTensor([[height, width]]))
+            out["c_ar"] = comfy.conds.CONDRegular(torch.FloatTensor([[kwargs.get("aspect_ratio", height / width)]]))
+        return out
+
+
+def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv=None):
+    """Read a PixArt checkpoint and wrap it for ComfyUI.
+
+    Args:
+        weight_dtype: None lets ComfyUI choose for the device.
+        kv: None, or (mode, factor, layers) with layers None (second half of the blocks) or text like "14-27".
+    """
+    state_dict, config = pixart.read_checkpoint(path, variant)
+    kv_compress = None
+    if kv is not None:
+        mode, factor, layers = kv
+        layers = None if layers is None else pixart.parse_layers(layers, config.depth)
+        kv_compress = pixart.KVCompress(mode, factor, layers)
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    if weight_dtype is None:
+        params = sum(t.numel() for t in state_dict.values())
+        stored = next(iter(state_dict.values())).dtype
+        weight_dtype = mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES, weight_dtype=stored)
+    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, SUPPORTED_DTYPES)
+    config_class = PixArtAlphaConfig if config.family == "alpha" else PixArtSigmaConfig
+    model_config = config_class({"pixart_config": config, "kv_compress": kv_compress})
+    model_config.set_inference_dtype(weight_dtype, manual_cast)
+    model = PixArtModel(model_config)
+    missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise pixart.CheckpointError(f"{path}: weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    log.info(
+        "PixArt DiT loaded from %s: %s; weights %s, compute %s, KV %s",
+        path,
+        config,
+        weight_dtype,
+        manual_cast,
+        kv_compress,
+    )
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)

@@ -1,0 +1,165 @@
+"""Finding and starting a ComfyUI test host for the ``comfy``-marked tests.
+
+The checkout is ``$COMFYUI_PATH``, else the ComfyUI this repository sits in (``ComfyUI/custom_nodes/<this repo>``).
+Its interpreter is ``$COMFYUI_PYTHON``, else ``venv/`` or ``.venv/`` inside the checkout or beside it, else the
+interpreter running the tests. The server code is ``scripts/run_workflow.py``'s (one implementation for both).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "example_workflows"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"pixart_scripts_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run_workflow = _load_script("run_workflow")
+tiny_weights = _load_script("tiny_weights")
+
+
+def find_comfy() -> tuple[Path | None, str]:
+    """(checkout, "") or (None, why none was found)."""
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        path = Path(env).expanduser()
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path, ""
+        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py and comfy/)"
+    parent = REPO.parent
+    if parent.name == "custom_nodes" and (parent.parent / "main.py").is_file():
+        return parent.parent, ""
+    return None, "no ComfyUI: set COMFYUI_PATH to a checkout (or clone this repo into ComfyUI/custom_nodes/)"
+
+
+def comfy_version(comfy: Path) -> str:
+    text = (comfy / "comfyui_version.py").read_text() if (comfy / "comfyui_version.py").is_file() else ""
+    return text.split('"')[-2] if '"' in text else "unknown"
+
+
+def example_prompts() -> dict[str, dict]:
+    """{workflow name: API-format prompt} of every example workflow's twin in example_workflows/api/."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((EXAMPLES / "api").glob("*.json"))}
+
+
+def nodes_of(prompt: dict, class_type: str) -> list[str]:
+    """Ids of the prompt's nodes of one type."""
+    return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def bundled_tokenizer(comfy: Path) -> Path:
+    return comfy / "comfy" / "text_encoders" / "t5_tokenizer"
+
+
+# Test-only sitecustomize for the server: CPU ``torch.empty`` of 1 MiB or more returns zeroed memory (calloc'd
+# through numpy, so untouched pages stay shared zero pages). ComfyUI builds a full T5-XXL for CLIPLoader(type pixart)
+# and leaves the weights a file lacks uninitialised; the small T5-XXL stand-in of scripts/tiny_weights.py relies on
+# those reading as zeros, which plain ``torch.empty`` does not promise (reused memory may hold NaNs).
+ZEROED_EMPTY = """
+import math
+
+import numpy as np
+import torch
+
+_empty = torch.empty
+
+
+def _zeroed_empty(*size, dtype=None, device=None, **kwargs):
+    shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+    dtype = dtype or torch.get_default_dtype()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if kwargs or not on_cpu or not all(isinstance(n, int) for n in shape):
+        return _empty(*size, dtype=dtype, device=device, **kwargs)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < 1 << 20:
+        return _empty(*size, dtype=dtype, device=device, **kwargs)
+    return torch.from_numpy(np.zeros(nbytes, np.uint8)).view(dtype).view(shape)
+
+
+torch.empty = _zeroed_empty
+"""
+
+
+def start_server(comfy: Path, base: Path):
+    """A started ``ComfyServer`` on loopback (CPU) with ``base`` as its base directory and ZEROED_EMPTY loaded."""
+    site = base / "test-site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(ZEROED_EMPTY)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    server = run_workflow.ComfyServer(comfy, base, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env)
+    return server.start()
+
+
+# --- a stand-in ComfyUI for tests without one ---------------------------------------------------------------------
+
+# Names present in ComfyUI 0.3.64 and 0.33 (comfy.samplers.KSampler.SAMPLERS / SCHEDULERS); a subset is enough here.
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "lms", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m",
+            "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "uni_pc", "ddim"]  # fmt: skip
+SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+MODEL_FILES = {
+    "diffusion_models": ["PixArt-Sigma-XL-2-1024-MS.pth", "PixArt-Sigma-XL-2-2K-MS.pth", "PixArt-XL-2-1024-MS.pth"],
+    "checkpoints": ["sd_xl_base_1.0.safetensors"],
+    "text_encoders": ["t5xxl_fp16.safetensors"],
+    "vae": ["sdxl_vae.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors"],
+    "loras": ["pixart_style.safetensors"],
+}
+
+
+def install_comfy_stubs(monkeypatch, models_root: Path) -> None:
+    """Minimal ``folder_paths``, ``comfy.samplers`` and ``comfy.model_management`` in ``sys.modules`` (undone by
+    ``monkeypatch``): enough for INPUT_TYPES and the pure parts of the nodes. Each model kind's folder is
+    ``models_root/<kind>``; the file lists are MODEL_FILES plus what lies in those folders."""
+    import types
+
+    import torch
+
+    def get_folder_paths(kind):
+        return [str(models_root / kind)]
+
+    def get_filename_list(kind):
+        folder = models_root / kind
+        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        return sorted(set(MODEL_FILES.get(kind, [])) | set(found))
+
+    folder_paths = types.ModuleType("folder_paths")
+    folder_paths.get_folder_paths, folder_paths.get_filename_list = get_folder_paths, get_filename_list
+    comfy = types.ModuleType("comfy")
+    comfy.__path__ = []
+    samplers = types.ModuleType("comfy.samplers")
+    samplers.KSampler = type("KSampler", (), {"SAMPLERS": SAMPLERS, "SCHEDULERS": SCHEDULERS})
+    mm = types.ModuleType("comfy.model_management")
+    cpu = torch.device("cpu")
+    for name in ("intermediate_device", "get_torch_device", "text_encoder_device", "text_encoder_offload_device"):
+        setattr(mm, name, lambda: cpu)
+    mm.free_memory = lambda *args, **kwargs: None
+    mm.module_size = lambda module: 0
+    mm.__file__ = str(models_root / "comfy" / "model_management.py")
+    comfy.samplers, comfy.model_management = samplers, mm
+    for name, module in {"folder_paths": folder_paths, "comfy": comfy, "comfy.samplers": samplers,
+                         "comfy.model_management": mm}.items():  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def load_nodes_package():
+    """This repo's ``nodes/`` imported under its own name (``pixart_sigma_nodes``), as ComfyUI would import it as a
+    sub-package of the pack, so it never clashes with ComfyUI's top-level ``nodes`` module."""
+    name = "pixart_sigma_nodes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO / "nodes" / "__init__.py", submodule_search_locations=[str(REPO / "nodes")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
