@@ -59,8 +59,9 @@ def check_is_pixart(state_dict: Mapping[str, Tensor], source: str) -> None:
     if missing:
         keys = sorted(state_dict)
         raise CheckpointError(
-            f"{source}: not a PixArt transformer checkpoint: missing {missing}{_describe_foreign(keys)} "
-            f"(it has {len(keys)} tensors, e.g. {keys[:4]})"
+            f"{source}: not a PixArt transformer checkpoint{_describe_foreign(keys)}: no {missing[0]!r} "
+            f"(and {len(missing) - 1} more core tensors missing; it has {len(keys)} tensors, e.g. {keys[:2]}). "
+            "Pick a PixArt-Σ/α transformer (e.g. PixArt-Sigma-XL-2-1024-MS.pth) or a diffusers transformer folder."
         )
 
 

@@ -24,6 +24,11 @@ def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return torch.addcmul(shift, x, 1 + scale, out=x)
 
 
+def table_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """dtype of the modulation tables: float8 storage (ComfyUI's fp8 weights) keeps them in the default float."""
+    return None if dtype is not None and dtype.itemsize == 1 else dtype
+
+
 def layer_norm(x: Tensor) -> Tensor:
     """Parameter-free LayerNorm over the channels (eps 1e-6), as before every modulation; fp16 is normalised in
     fp32 so that saturated activations do not overflow the variance."""
@@ -80,7 +85,7 @@ class PixArtBlock(nn.Module):
         self.attn = SelfAttention(c, config.num_heads, conv_factor, dtype, device, operations, attention)
         self.cross_attn = CrossAttention(c, config.num_heads, dtype, device, operations, attention)
         self.mlp = Mlp(c, int(c * config.mlp_ratio), dtype, device, operations)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=dtype, device=device) / c**0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=table_dtype(dtype), device=device) / c**0.5)
 
     def forward(self, x: Tensor, y: Tensor, t0: Tensor, grid: tuple[int, int], bias: Tensor | None) -> Tensor:
         """Without autograd ``x`` is updated in place and returned.
@@ -105,7 +110,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         c, p = config.hidden_size, config.patch_size
         self.linear = operations.Linear(c, p * p * config.out_channels, bias=True, dtype=dtype, device=device)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, c, dtype=dtype, device=device) / c**0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, c, dtype=table_dtype(dtype), device=device) / c**0.5)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: (B, N, C), t: (B, C) timestep embedding -> (B, N, p·p·C_out)."""

@@ -172,7 +172,10 @@ def test_sd15_unet_is_named(tmp_path):
         "model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3),
     }
     path = write_safetensors(tmp_path / "sd15.safetensors", unet)
-    with pytest.raises(CheckpointError, match=r"sd15\.safetensors: not a PixArt transformer .*Stable Diffusion UNet"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"sd15\.safetensors: not a PixArt transformer checkpoint; it looks like a Stable Diffusion UNet",
+    ):
         load_dit(path)
 
 

@@ -94,3 +94,13 @@ def test_query_chunked_attention_is_exact():
         torch.testing.assert_close(chunked(x, t, y, mask), plain(x, t, y, mask), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="query chunk must be >= 1"):
         query_chunked(sdpa_attention, 0)
+
+
+def test_float8_weights_keep_float_modulation_tables():
+    """ComfyUI stores fp8 weights: the model builds, and the tables it adds itself stay in a float dtype."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8")
+    model = PixArtTransformer(tiny_config(), dtype=torch.float8_e4m3fn, device="meta")
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
+    assert model.blocks[0].scale_shift_table.dtype == torch.float32
+    assert model.final_layer.scale_shift_table.dtype == torch.float32
