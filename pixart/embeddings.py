@@ -91,27 +91,31 @@ class SizeEmbedder(ScalarEmbedder):
         return super().forward(s.reshape(b * k), dtype).reshape(b, -1)  # (B*k, width) -> (B, k*width)
 
 
-class CaptionProjection(nn.Module):
-    """T5 states to the model width: Linear, tanh-GELU, Linear. (B, L, caption_channels) -> (B, L, C)."""
+class Mlp(nn.Module):
+    """Linear, tanh-GELU, Linear (timm's ``Mlp`` names ``fc1``/``fc2``): the block feed-forward and the caption
+    projection. (..., in_features) -> (..., out_features)."""
 
-    def __init__(self, caption_channels: int, hidden_size: int, dtype=None, device=None, operations=None):
+    def __init__(
+        self, in_features: int, hidden_features: int, out_features: int, dtype=None, device=None, operations=None
+    ):
         super().__init__()
-        self.fc1 = operations.Linear(caption_channels, hidden_size, bias=True, dtype=dtype, device=device)
+        self.fc1 = operations.Linear(in_features, hidden_features, bias=True, dtype=dtype, device=device)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = operations.Linear(hidden_size, hidden_size, bias=True, dtype=dtype, device=device)
+        self.fc2 = operations.Linear(hidden_features, out_features, bias=True, dtype=dtype, device=device)
 
-    def forward(self, y: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(y)))
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        h = self.act(h) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate="tanh")  # in place
+        return self.fc2(h)
 
 
 class CaptionEmbedder(nn.Module):
-    """Holds the caption projection under the official name ``y_embedder.y_proj``."""
+    """T5 states to the model width, (B, L, caption_channels) -> (B, L, C), under the official name
+    ``y_embedder.y_proj``."""
 
     def __init__(self, caption_channels: int, hidden_size: int, dtype=None, device=None, operations=None):
         super().__init__()
-        self.y_proj = CaptionProjection(
-            caption_channels, hidden_size, dtype=dtype, device=device, operations=operations
-        )
+        self.y_proj = Mlp(caption_channels, hidden_size, hidden_size, dtype, device, operations)
 
     def forward(self, y: Tensor) -> Tensor:
         return self.y_proj(y)

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from .attention import AttentionFn, CrossAttention, SelfAttention, sdpa_attention
 from .config import KVCompress, PixArtConfig
-from .embeddings import CaptionEmbedder, PatchEmbed, ScalarEmbedder, SizeEmbedder, default_operations, sincos_2d
+from .embeddings import (
+    CaptionEmbedder,
+    Mlp,
+    PatchEmbed,
+    ScalarEmbedder,
+    SizeEmbedder,
+    default_operations,
+    sincos_2d,
+)
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
@@ -59,21 +67,6 @@ class Modulation(NamedTuple):
     gate_mlp: Tensor
 
 
-class Mlp(nn.Module):
-    """Pointwise feed-forward: Linear, tanh-GELU, Linear."""
-
-    def __init__(self, hidden_size: int, mlp_hidden: int, dtype=None, device=None, operations=None):
-        super().__init__()
-        self.fc1 = operations.Linear(hidden_size, mlp_hidden, bias=True, dtype=dtype, device=device)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = operations.Linear(mlp_hidden, hidden_size, bias=True, dtype=dtype, device=device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.fc1(x)
-        h = self.act(h) if torch.is_grad_enabled() else torch.ops.aten.gelu_(h, approximate="tanh")
-        return self.fc2(h)
-
-
 class PixArtBlock(nn.Module):
     """One block: self-attention, cross-attention, MLP, each a residual update; adaLN-single modulates the first
     and the last (PixArt-α §2.3)."""
@@ -84,7 +77,7 @@ class PixArtBlock(nn.Module):
         conv_factor = config.conv_kv_factor if index in config.conv_kv_layers else None
         self.attn = SelfAttention(c, config.num_heads, conv_factor, dtype, device, operations, attention)
         self.cross_attn = CrossAttention(c, config.num_heads, dtype, device, operations, attention)
-        self.mlp = Mlp(c, int(c * config.mlp_ratio), dtype, device, operations)
+        self.mlp = Mlp(c, int(c * config.mlp_ratio), c, dtype, device, operations)
         self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=table_dtype(dtype), device=device) / c**0.5)
 
     def forward(self, x: Tensor, y: Tensor, t0: Tensor, grid: tuple[int, int], bias: Tensor | None) -> Tensor:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pixart import VARIANTS, KVCompress, PixArtTransformer  # noqa: E402
-from pixart.checkpoints.keymap import official_to_diffusers  # noqa: E402
+from pixart.checkpoints.keymap import diffusers_config, official_to_diffusers  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_TOKENS, NEGATIVE_TOKENS = 40, 1  # a typical prompt and the empty negative, out of 300 padded tokens
@@ -114,16 +114,7 @@ def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str 
 
         diffusers_logging.set_verbosity_error()
 
-        model = PixArtTransformer2DModel(
-            num_attention_heads=config.num_heads,
-            attention_head_dim=config.head_dim,
-            num_layers=config.depth,
-            cross_attention_dim=config.hidden_size,
-            sample_size=config.sample_size,
-            caption_channels=config.caption_channels,
-            interpolation_scale=config.pe_interpolation,
-            use_additional_conditions=False,
-        ).to(device, dtype)
+        model = PixArtTransformer2DModel(**diffusers_config(config)).to(device, dtype)
         model.load_state_dict(official_to_diffusers(weights))
         model.eval()
         cond = {"resolution": None, "aspect_ratio": None}

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from pixart import PixArtConfig
-from pixart.checkpoints.keymap import diffusers_to_official
+from pixart.checkpoints.keymap import diffusers_config, diffusers_to_official
 from pixart.embeddings import sincos_2d
 
 # Tiny architecture: 2 blocks, 3 heads of 32 (width 96, divisible by 3 for α's micro-conditions), 48 caption channels.
@@ -38,19 +38,7 @@ def reference_model(config: PixArtConfig, seed: int = 0):
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(seed)
-    model = PixArtTransformer2DModel(
-        num_attention_heads=config.num_heads,
-        attention_head_dim=config.head_dim,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        num_layers=config.depth,
-        cross_attention_dim=config.hidden_size,
-        sample_size=config.sample_size,
-        patch_size=config.patch_size,
-        caption_channels=config.caption_channels,
-        interpolation_scale=config.pe_interpolation,
-        use_additional_conditions=config.micro_conditions,
-    ).eval()
+    model = PixArtTransformer2DModel(**diffusers_config(config)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

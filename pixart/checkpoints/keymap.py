@@ -74,6 +74,23 @@ def diffusers_module_target(name: str) -> ModuleTarget | None:
     return None
 
 
+def diffusers_config(config) -> dict:
+    """``PixArtTransformer2DModel(**diffusers_config(config))`` builds diffusers' model of a ``PixArtConfig``."""
+    return {
+        "num_attention_heads": config.num_heads,
+        "attention_head_dim": config.head_dim,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "num_layers": config.depth,
+        "cross_attention_dim": config.hidden_size,
+        "sample_size": config.sample_size,
+        "patch_size": config.patch_size,
+        "caption_channels": config.caption_channels,
+        "interpolation_scale": config.pe_interpolation,
+        "use_additional_conditions": config.micro_conditions,
+    }
+
+
 def diffusers_module_names() -> tuple[str, ...]:
     """Every diffusers module name with an official counterpart; block modules carry ``{i}`` for the block index."""
     return tuple(_GLOBAL_MODULES) + tuple(f"transformer_blocks.{{i}}.{name}" for name in _BLOCK_MODULES)
