@@ -69,5 +69,7 @@ def compress_kv(
         x = conv(_pad_to_multiple(x, factor) if keep else x)
     else:
         raise ValueError(f"unknown KV compression mode {mode!r}")
-    out = x.flatten(2).transpose(1, 2)  # (B, C, h', w') -> (B, N', C)
+    # (B, C, h', w') -> (B, N', C), channels contiguous: attention kernels need a unit stride along the head dim
+    # (a strided view sends SDPA to its O(N·N') memory fallback).
+    out = x.flatten(2).transpose(1, 2).contiguous()
     return norm(out) if mode == "conv" else out

@@ -167,3 +167,10 @@ def test_settings_validation():
         parse_layers("20-30", 28)
     with pytest.raises(ValueError, match="is not a number"):
         parse_layers("a-b", 28)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "ave", "avgpool"])
+def test_compressed_tokens_are_row_major(mode):
+    """Keys/values reach attention with unit stride along channels, so SDPA can use its fused kernels."""
+    out = compress_kv(torch.randn(2, 9 * 15, 6), (9, 15), mode, 2, "keep")
+    assert out.is_contiguous()
