@@ -19,6 +19,7 @@ import comfy.supported_models_base
 import torch
 
 import pixart
+from pixart.attention import sdpa_attention
 from pixart.text_encoder import check_caption_width
 
 from .common import check_latent, pad_caption
@@ -29,7 +30,11 @@ FLOAT8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2")
 
 
 def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The ``pixart`` attention contract on ComfyUI's ``optimized_attention``: (B, h, N, d) in and out."""
+    """The ``pixart`` attention contract on ComfyUI's ``optimized_attention`` (the user's backend): (B, h, N, d) in
+    and out. On CPU torch's fused SDPA kernel is used instead: ComfyUI's CPU default there is its Python
+    sub-quadratic attention, which makes a whole forward several times slower (scripts/bench_dit.py)."""
+    if q.device.type == "cpu":
+        return sdpa_attention(q, k, v, bias)
     b, heads, n, d = q.shape
     bias = None if bias is None else bias.to(q.dtype)
     out = comfy_attention.optimized_attention(q, k, v, heads, mask=bias, skip_reshape=True)  # (B, N, h·d)
