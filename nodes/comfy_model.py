@@ -7,7 +7,6 @@ ComfyUI, so the nodes import this module only when they run.
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import comfy.conds
 import comfy.latent_formats
@@ -26,7 +25,6 @@ from .common import check_latent, pad_caption
 
 log = logging.getLogger(__name__)
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-FLOAT8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
 
 
 def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -41,26 +39,13 @@ def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     return out.view(b, n, heads, d).transpose(1, 2)
 
 
-def float8_storage_ops(operations, dtype: torch.dtype) -> SimpleNamespace:
-    """``operations`` whose Linear and Conv2d keep float8 weights (ComfyUI's casting ops upcast them per call);
-    norms and modulation tables keep the default float dtype."""
-
-    def stored(layer):
-        return lambda *args, **kwargs: layer(*args, **{**kwargs, "dtype": dtype})
-
-    return SimpleNamespace(
-        Linear=stored(operations.Linear), Conv2d=stored(operations.Conv2d), LayerNorm=operations.LayerNorm
-    )
-
-
 class ComfyPixArtTransformer(pixart.PixArtTransformer):
     """The DiT with ComfyUI's call signature; returns epsilon only (the learned variance is not used)."""
 
     def __init__(self, pixart_config, kv_compress=None, dtype=None, device=None, operations=None, **_unused):
-        param_dtype = dtype
-        if dtype in FLOAT8:
-            operations, param_dtype = float8_storage_ops(operations, dtype), None
-        super().__init__(pixart_config, kv_compress, param_dtype, device, operations, attention=comfy_attention_fn)
+        # float8 storage: Linear/Conv2d weights stay float8 (ComfyUI's casting ops upcast them per call), the
+        # modulation tables stay float (pixart.model.table_dtype).
+        super().__init__(pixart_config, kv_compress, dtype, device, operations, attention=comfy_attention_fn)
         self.dtype = dtype  # read by BaseModel.get_dtype()
 
     def forward(self, x, timesteps, context, caption_mask=None, c_size=None, c_ar=None, **_unused):
