@@ -86,9 +86,13 @@ class SelfAttention(nn.Module):
         Returns:
             (B, N, C).
         """
-        b, n, c = x.shape
+        return self.proj(self.attend(self.qkv(x), grid))
+
+    def attend(self, qkv: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Attention over projected tokens, before the output projection: (B, N, 3C) queries|keys|values ->
+        (B, N, C) heads side by side."""
+        b, n, c = *qkv.shape[:2], qkv.shape[2] // 3
         heads, d = self.num_heads, c // self.num_heads
-        qkv = self.qkv(x)  # (B, N, 3C)
         kv = self.kv_compress
         if kv is None:
             q, k, v = qkv.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, h, N, d)
@@ -99,7 +103,7 @@ class SelfAttention(nn.Module):
             k, v = kv_tokens.view(2, b, -1, heads, d).transpose(2, 3).unbind(0)  # 2 × (B, h, N', d)
             q = q.view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
         out = self.attention(q, k, v, None)  # (B, h, N, d)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return out.transpose(1, 2).reshape(b, n, c)
 
 
 class CrossAttention(nn.Module):
@@ -130,9 +134,19 @@ class CrossAttention(nn.Module):
         Returns:
             (B, N, C).
         """
+        return self.attend(x, *self.keys_values(y), bias)
+
+    def keys_values(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L, C) caption tokens -> keys and values, 2 × (B, h, L, d); computed once per block when the image
+        tokens are attended in chunks."""
+        b, n, c = y.shape
+        heads, d = self.num_heads, c // self.num_heads
+        return self.kv_linear(y).view(b, n, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        """(B, N, C) image tokens to the caption's keys and values (see ``keys_values``) -> (B, N, C)."""
         b, n, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
         q = self.q_linear(x).view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
-        k, v = self.kv_linear(y).view(b, y.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 × (B, h, L, d)
         out = self.attention(q, k, v, bias)  # (B, h, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -22,6 +22,7 @@ from .embeddings import (
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
+CPU_TOKEN_CHUNK = 1024  # "auto" token chunk on CPU; GPUs run every token at once
 
 
 def t2i_modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -80,20 +81,58 @@ class PixArtBlock(nn.Module):
         self.mlp = Mlp(c, int(c * config.mlp_ratio), c, dtype, device, operations)
         self.scale_shift_table = nn.Parameter(torch.randn(6, c, dtype=table_dtype(dtype), device=device) / c**0.5)
 
-    def forward(self, x: Tensor, y: Tensor, t0: Tensor, grid: tuple[int, int], bias: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        t0: Tensor,
+        grid: tuple[int, int],
+        bias: Tensor | None,
+        token_chunk: int | None = None,
+    ) -> Tensor:
         """Without autograd ``x`` is updated in place and returned.
 
         Args:
             x: (B, N, C) image tokens; y: (B, L, C) caption tokens; t0: (B, 6C) adaLN-single output;
             grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
+            token_chunk: without autograd, run the per-token work on at most this many tokens of one sample at a
+                time (``forward_in_chunks``); None runs every token at once.
         Returns:
             (B, N, C).
         """
         table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
         m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
+        if token_chunk is not None and not torch.is_grad_enabled():
+            return self.forward_in_chunks(x, y, m, grid, bias, token_chunk)
         x = residual(x, self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid), m.gate_msa)
         x = residual(x, self.cross_attn(x, y, bias))
         return residual(x, self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)), m.gate_mlp)
+
+    def forward_in_chunks(
+        self, x: Tensor, y: Tensor, m: Modulation, grid: tuple[int, int], bias: Tensor | None, chunk: int
+    ) -> Tensor:
+        """The block's inference path, same result as ``forward``: only self-attention sees the whole sequence;
+        norms, modulation, projections, cross-attention and MLP run on ``chunk`` tokens of one sample at a time
+        and update ``x`` in place. Their intermediates (at most chunk × 4C) stay small enough for the allocator
+        to reuse instead of mapping fresh pages (on CPU, page faults cost a few % of a forward), and the MLP's
+        N × 4C hidden layer never exists whole (lower peak memory)."""
+        b, n, c = x.shape
+        parts = [(slice(i, i + 1), slice(start, start + chunk)) for i in range(b) for start in range(0, n, chunk)]
+        qkv = x.new_empty(b, n, 3 * c)
+        for one, s in parts:
+            h = t2i_modulate(layer_norm(x[one, s]), m.shift_msa[one], m.scale_msa[one])
+            qkv[one, s] = self.attn.qkv(h)
+        heads = self.attn.attend(qkv, grid)  # (B, N, C)
+        del qkv
+        keys, values = self.cross_attn.keys_values(y)  # 2 × (B, h, L, d)
+        for one, s in parts:
+            tokens = x[one, s]  # (1, ≤chunk, C) view of the residual stream
+            residual(tokens, self.attn.proj(heads[one, s]), m.gate_msa[one])
+            sample_bias = None if bias is None else bias[one]
+            residual(tokens, self.cross_attn.attend(tokens, keys[one], values[one], sample_bias))
+            h = t2i_modulate(layer_norm(tokens), m.shift_mlp[one], m.scale_mlp[one])
+            residual(tokens, self.mlp(h), m.gate_mlp[one])
+        return x
 
 
 class FinalLayer(nn.Module):
@@ -123,6 +162,8 @@ class PixArtTransformer(nn.Module):
             casting ops here.
         attention: ``attention(q, k, v, bias)`` callable (default ``sdpa_attention``).
         compute_dtype: when set, inputs are cast to it (for callers that do not cast themselves).
+        token_chunk: tokens per chunk of the blocks' per-token work at inference (``PixArtBlock.forward_in_chunks``):
+            an int >= 1, None for all at once, or "auto" (``CPU_TOKEN_CHUNK`` on CPU, all at once elsewhere).
     """
 
     def __init__(
@@ -134,8 +175,12 @@ class PixArtTransformer(nn.Module):
         operations=None,
         attention: AttentionFn | None = None,
         compute_dtype: torch.dtype | None = None,
+        token_chunk: int | str | None = "auto",
     ):
         super().__init__()
+        if not (token_chunk is None or token_chunk == "auto" or (isinstance(token_chunk, int) and token_chunk >= 1)):
+            raise ValueError(f'token_chunk must be an int >= 1, None or "auto", got {token_chunk!r}')
+        self.token_chunk = token_chunk
         ops = operations or default_operations()
         attention = attention or sdpa_attention
         c = config.hidden_size
@@ -272,8 +317,11 @@ class PixArtTransformer(nn.Module):
         t0 = self.t_block(t)  # (B, 6C)
         caption, bias = self._caption_bias(caption, caption_mask)
         y = self.y_embedder(caption)  # (B, L', C)
+        chunk = self.token_chunk
+        if chunk == "auto":
+            chunk = CPU_TOKEN_CHUNK if x.device.type == "cpu" else None
         for block in self.blocks:
-            x = block(x, y, t0, grid, bias)
+            x = block(x, y, t0, grid, bias, chunk)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)
