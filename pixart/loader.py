@@ -22,6 +22,7 @@ def load_dit(
     kv_compress: KVCompress | None = None,
     device: str | torch.device = "cpu",
     attention_chunk: int | None = None,
+    token_chunk: int | str | None = "auto",
     torch_compile: bool = False,
 ) -> PixArtTransformer:
     """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors`` file (official, diffusers or
@@ -35,6 +36,8 @@ def load_dit(
         kv_compress: ``KVCompress`` settings or None.
         device: where the weights go.
         attention_chunk: process at most this many queries per attention call (None: all at once).
+        token_chunk: tokens per chunk of the blocks' per-token work at inference: "auto" (1024 on CPU, all at once
+            on GPU), an int, or None (all at once); see ``PixArtTransformer``.
         torch_compile: wrap the model in ``torch.compile`` (faster steps after a first slow one; needs a C++ compiler on
             CPU and Triton on CUDA).
     Returns:
@@ -45,7 +48,9 @@ def load_dit(
     state_dict, config = read_checkpoint(path, variant)
     attention = sdpa_attention if attention_chunk is None else query_chunked(sdpa_attention, attention_chunk)
     with torch.device("meta"):
-        model = PixArtTransformer(config, kv_compress, dtype=dtype, attention=attention, compute_dtype=dtype)
+        model = PixArtTransformer(
+            config, kv_compress, dtype=dtype, attention=attention, compute_dtype=dtype, token_chunk=token_chunk
+        )
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}, assign=True)
     model.eval()
     if torch_compile:

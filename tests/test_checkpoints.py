@@ -17,6 +17,7 @@ from dit_fixtures import (
 from safetensors.torch import save_file
 
 from pixart import CheckpointError, KVCompress, load_dit, read_checkpoint
+from pixart.attention import sdpa_attention
 from pixart.checkpoints.keymap import official_to_diffusers
 
 pytest.importorskip("diffusers")
@@ -226,3 +227,19 @@ def test_conv_compression_needs_trained_weights(tmp_path, tiny):
     path = write_safetensors(tmp_path / "o.safetensors", tiny[2])
     with pytest.raises(ValueError, match="needs a checkpoint with trained KV-compression weights"):
         load_dit(path, variant=HINTS, kv_compress=KVCompress("conv", 2))
+
+
+def test_load_dit_options_reach_the_model(tmp_path, tiny):
+    config, _, state_dict = tiny
+    path = write_safetensors(tmp_path / "tiny.safetensors", state_dict)
+    kv = KVCompress("avgpool", 2, layers=(1,))
+    model = load_dit(path, variant=HINTS, kv_compress=kv, attention_chunk=5, token_chunk=7, torch_compile=True)
+    plain = load_dit(path, variant=HINTS, kv_compress=kv)
+    assert [block.attn.kv_compress for block in model.blocks] == [None, kv]
+    assert (model.token_chunk, plain.token_chunk) == (7, "auto")
+    assert plain.blocks[0].attn.attention is sdpa_attention
+    assert model.blocks[0].attn.attention is not sdpa_attention  # the query-chunked wrapper
+    assert model._compiled_call_impl is not None and plain._compiled_call_impl is None  # compiled at the first call
+    x, t, y, mask = inputs(config, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(model._call_impl(x, t, y, mask), plain(x, t, y, mask), rtol=1e-6, atol=1e-6)
