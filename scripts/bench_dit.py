@@ -2,7 +2,10 @@
 PixArtMS (when a ComfyUI checkout is found), all with the same random weights.
 
 Prints one JSON line per case: median times, speed ratios, peak memory, the model's FLOPs and the fraction of this
-machine's matmul rate our forward reaches. Each model runs in its own subprocess so peak memory is its own.
+machine's matmul rate our forward reaches. Each model runs in its own subprocess so peak memory is its own; with
+``--rounds R`` every model is measured R times in alternating order and the ratios are the medians of the rounds'
+ratios, so a machine whose speed drifts over minutes (shared CPUs) skews no model more than another. The matmul rate
+is measured inside our model's process, next to its forward.
 
     python scripts/bench_dit.py --sizes 1024 --depth 4
     python scripts/bench_dit.py --sizes 2048,4096 --depth 2 --kv off,avgpool2-half,avgpool2-all --impls ours
@@ -52,7 +55,9 @@ def forward_gflop(config, grid: tuple[int, int], kv: KVCompress | None, batch: i
     total = 0.0
     for i in range(config.depth):
         m = n if i not in compressed else -(-grid[0] // kv.factor) * -(-grid[1] // kv.factor)
-        linear = n * (3 * c * c + c * c + c * c + 2 * config.mlp_ratio * c * c) + text_tokens * 2 * c * c
+        # per image token: qkv 3C², self-attention out C², cross-attention query C² and out C², MLP 2·ratio·C²;
+        # per caption token: cross-attention keys and values 2C²
+        linear = n * (3 + 1 + 1 + 1 + 2 * config.mlp_ratio) * c * c + text_tokens * 2 * c * c
         attention = 2 * n * m * c + 2 * n * text_tokens * c
         total += 2 * (linear + attention)
     total += 2 * text_tokens * (config.caption_channels * c + c * c) + 2 * n * c * config.patch_size**2 * 8
@@ -160,7 +165,10 @@ def _measure(queue, impl, config, kv, size, device, dtype, runs, warmup, comfyui
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"seconds": statistics.median(times), "peak_mb": round(peak, 1)})
+    result = {"seconds": statistics.median(times), "peak_mb": round(peak, 1)}
+    if impl == "ours":
+        result["matmul_gflops"] = matmul_gflops(device, dtype)
+    queue.put(result)
 
 
 def measure(impl, *args) -> dict:
@@ -173,6 +181,40 @@ def measure(impl, *args) -> dict:
     if proc.exitcode != 0:
         return {"error": f"{impl} exited with {proc.exitcode}"}
     return queue.get()
+
+
+def measure_rounds(impls: list[str], rounds: int, *args) -> list[dict]:
+    """Each implementation once per round, in alternating order: one {impl: result} dict per round."""
+    per_round = []
+    for r in range(rounds):
+        order = impls if r % 2 == 0 else impls[::-1]
+        per_round.append({impl: measure(impl, *args) for impl in order})
+    return per_round
+
+
+def summarise(per_round: list[dict], gflop: float, off_seconds: float | None) -> dict:
+    """Median seconds, largest peak, and the medians of the per-round ratios."""
+    impls = per_round[0].keys()
+    failed = {impl: r[impl]["error"] for r in per_round for impl in impls if "error" in r[impl]}
+    results = {impl: {"error": failed[impl]} for impl in failed}
+    for impl in impls - failed.keys():
+        results[impl] = {
+            "seconds": statistics.median(r[impl]["seconds"] for r in per_round),
+            "peak_mb": max(r[impl]["peak_mb"] for r in per_round),
+        }
+    line: dict = {"results": results}
+    if "ours" in failed:
+        return line
+    rates = [r["ours"]["matmul_gflops"] for r in per_round]
+    line["matmul_gflops"] = round(statistics.median(rates), 1)
+    fractions = [gflop / r["ours"]["seconds"] / r["ours"]["matmul_gflops"] for r in per_round]
+    line["ours_matmul_fraction"] = round(statistics.median(fractions), 3)
+    for other in impls - failed.keys() - {"ours"}:
+        ratio = statistics.median(r[other]["seconds"] / r["ours"]["seconds"] for r in per_round)
+        line[f"speedup_vs_{other}"] = round(ratio, 3)
+    if off_seconds:
+        line["speedup_vs_kv_off"] = round(off_seconds / results["ours"]["seconds"], 3)
+    return line
 
 
 def find_comfyui(explicit: str | None) -> str | None:
@@ -191,8 +233,9 @@ def main() -> None:
     parser.add_argument("--kv", default="off", help="off, avgpool2-half, uniform2-half, avgpool2-all, ...")
     parser.add_argument("--impls", default="ours,diffusers,comfy", help="ours,diffusers,comfy")
     parser.add_argument("--variant", default="sigma-1024", choices=sorted(VARIANTS))
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="timed forwards per process (median)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per model, in alternating order")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH)")
     args = parser.parse_args()
@@ -203,14 +246,12 @@ def main() -> None:
     impls = [i for i in args.impls.split(",") if i != "comfy" or comfyui]
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
-        rate = matmul_gflops(args.device, dtype)
         for size in (int(s) for s in args.sizes.split(",")):
             off_seconds = None
             for kv_name in args.kv.split(","):
                 kv = parse_kv(kv_name, config.depth)
                 common = (config, kv, size, args.device, dtype, args.runs, args.warmup, comfyui, args.threads)
-                results = {impl: measure(impl, *common) for impl in (impls if kv is None else ["ours"])}
-                ours = results["ours"].get("seconds")
+                per_round = measure_rounds(impls if kv is None else ["ours"], args.rounds, *common)
                 grid = (size // 16, size // 16)
                 gflop = forward_gflop(config, grid, kv, 2, PROMPT_TOKENS)
                 line = {
@@ -224,19 +265,12 @@ def main() -> None:
                     "depth": config.depth,
                     "width": config.hidden_size,
                     "kv": kv_name,
-                    "results": results,
+                    "rounds": args.rounds,
                     "gflop": round(gflop, 1),
-                    "matmul_gflops": round(rate, 1),
+                    **summarise(per_round, gflop, off_seconds if kv is not None else None),
                 }
-                if ours:
-                    line["ours_matmul_fraction"] = round(gflop / ours / rate, 3)
-                    for other in ("diffusers", "comfy"):
-                        if results.get(other, {}).get("seconds"):
-                            line[f"speedup_vs_{other}"] = round(results[other]["seconds"] / ours, 3)
-                    if kv is None:
-                        off_seconds = ours
-                    elif off_seconds:
-                        line["speedup_vs_kv_off"] = round(off_seconds / ours, 3)
+                if kv is None and "seconds" in line["results"]["ours"]:
+                    off_seconds = line["results"]["ours"]["seconds"]
                 print(json.dumps(line), flush=True)
 
 
