@@ -97,11 +97,11 @@ class SelfAttention(nn.Module):
         if kv is None:
             q, k, v = qkv.view(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, h, N, d)
         else:
-            q, k, v = qkv.split(c, dim=-1)  # 3 × (B, N, C)
+            q, k, v = qkv.split(c, dim=-1)  # 3 × (B, N, C), views
             conv, norm = (self.sr, self.norm) if kv.mode == "conv" else (None, None)
-            kv_tokens = compress_kv(torch.cat([k, v]), grid, kv.mode, kv.factor, kv.remainder, conv, norm)
-            k, v = kv_tokens.view(2, b, -1, heads, d).transpose(2, 3).unbind(0)  # 2 × (B, h, N', d)
-            q = q.view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
+            # keys and values one at a time: a joint copy of both would be the largest buffer of the block at 4K
+            k, v = (compress_kv(z, grid, kv.mode, kv.factor, kv.remainder, conv, norm) for z in (k, v))  # (B, N', C)
+            q, k, v = (z.view(b, -1, heads, d).transpose(1, 2) for z in (q, k, v))  # (B, h, N or N', d)
         out = self.attention(q, k, v, None)  # (B, h, N, d)
         return out.transpose(1, 2).reshape(b, n, c)
 

@@ -322,3 +322,14 @@ def test_custom_sampling_nodes_match(server):
     latent = saved_latent(server, server.run(prompt, timeout=300))
     reference = fast(example_prompts()["pixart_sigma_1024"], "unused")
     assert_close(latent, reference_latent(server.base / "models", reference, tuple(latent.shape), "sigma"), "custom")
+
+
+def test_torch_compile_model_node_compiles_our_dit(server):
+    """ComfyUI's own TorchCompileModel (inductor) on our MODEL: the optional torch.compile switch inside ComfyUI.
+    The compiled sampling gives the uncompiled reference latent."""
+    prompt = fast(example_prompts()["pixart_sigma_stock_ksampler"], "test_compile", steps=2)
+    prompt["40"] = node("TorchCompileModel", model=["4", 0], backend="inductor")
+    prompt["6"]["inputs"]["model"] = ["40", 0]
+    latent = saved_latent(server, server.run(prompt, timeout=900))
+    want = reference_latent(server.base / "models", prompt, tuple(latent.shape), "sigma")
+    assert_close(latent, want, "TorchCompileModel")
