@@ -5,7 +5,7 @@ Prints one JSON line per case: median times, speed ratios, peak memory, the mode
 machine's matmul rate our forward reaches. Each model runs in its own subprocess so peak memory is its own; with
 ``--rounds R`` every model is measured R times in alternating order and the ratios are the medians of the rounds'
 ratios, so a machine whose speed drifts over minutes (shared CPUs) skews no model more than another. The matmul rate
-is measured inside our model's process, next to its forward.
+is measured inside our model's process, before the model is built.
 
     python scripts/bench_dit.py --sizes 1024 --depth 4
     python scripts/bench_dit.py --sizes 2048,4096 --depth 2 --kv off,avgpool2-half,avgpool2-all --impls ours
@@ -65,10 +65,12 @@ def forward_gflop(config, grid: tuple[int, int], kv: KVCompress | None, batch: i
 
 
 def matmul_gflops(device: str, dtype: torch.dtype) -> float:
-    """This machine's peak rate on a model-shaped matmul (4096 tokens × 1152 -> 4608): the best of 10 runs."""
+    """This machine's peak rate on a model-shaped matmul (4096 tokens × 1152 -> 4608): the best of 10 runs, into a
+    preallocated output (a fresh 75 MB output per call would time the kernel's page faults too)."""
     a = torch.randn(4096, 1152, device=device, dtype=dtype)
     b = torch.randn(1152, 4608, device=device, dtype=dtype)
-    times = _time(lambda: a @ b, device, runs=10, warmup=3)
+    out = torch.empty(4096, 4608, device=device, dtype=dtype)
+    times = _time(lambda: torch.mm(a, b, out=out), device, runs=10, warmup=3)
     return 2 * 4096 * 1152 * 4608 / min(times) / 1e9
 
 
@@ -155,7 +157,9 @@ def _build(impl: str, config, kv, device: str, dtype: torch.dtype, comfyui: str 
 
 def _measure(queue, impl, config, kv, size, device, dtype, runs, warmup, comfyui, threads):
     torch.set_num_threads(threads)
+    rate = matmul_gflops(device, dtype) if impl == "ours" else None  # before the model: its buffers are freed
     if device.startswith("cuda"):
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     run = _build(impl, config, kv, device, dtype, comfyui)
     x, t, y, mask = _inputs(config, size, device, dtype)
@@ -166,8 +170,8 @@ def _measure(queue, impl, config, kv, size, device, dtype, runs, warmup, comfyui
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"seconds": statistics.median(times), "peak_mb": round(peak, 1)}
-    if impl == "ours":
-        result["matmul_gflops"] = matmul_gflops(device, dtype)
+    if rate is not None:
+        result["matmul_gflops"] = rate
     queue.put(result)
 
 
