@@ -51,7 +51,8 @@ def test_forward_gflop_matches_counted_flops(bench, kv):
 
 def _round(ours_seconds, rate, diffusers_seconds, peaks):
     return {
-        "ours": {"seconds": ours_seconds, "peak_mb": peaks[0], "matmul_gflops": rate},
+        "matmul": {"matmul_gflops": rate},
+        "ours": {"seconds": ours_seconds, "peak_mb": peaks[0]},
         "diffusers": {"seconds": diffusers_seconds, "peak_mb": peaks[1]},
     }
 
@@ -64,5 +65,5 @@ def test_rounds_are_summarised_by_medians(bench):
     assert line["ours_matmul_fraction"] == 1.0  # median of 1.0, 1.0, 0.926
     assert line["matmul_gflops"] == 90.0
     error = {"error": "diffusers exited with 1"}
-    failed = bench.summarise([{"ours": rounds[0]["ours"], "diffusers": error}], 100.0, None)
+    failed = bench.summarise([{**rounds[0], "diffusers": error}], 100.0, None)
     assert failed["results"]["diffusers"] == error and "speedup_vs_diffusers" not in failed
