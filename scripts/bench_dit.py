@@ -172,8 +172,7 @@ def _measure(queue, impl, config, kv, size, device, dtype, runs, warmup, comfyui
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"seconds": statistics.median(times), "peak_mb": round(peak, 1)}
-    queue.put(result)
+    queue.put({"seconds": statistics.median(times), "peak_mb": round(peak, 1)})
 
 
 def measure(impl, *args) -> dict:
@@ -205,10 +204,11 @@ def measure_rounds(impls: list[str], rounds: int, *args) -> list[dict]:
 
 def summarise(per_round: list[dict], gflop: float, off_seconds: float | None) -> dict:
     """Median seconds, largest peak, and the medians of the per-round ratios."""
-    impls = per_round[0].keys() - {"matmul"}
+    impls = [impl for impl in per_round[0] if impl != "matmul"]
     failed = {impl: r[impl]["error"] for r in per_round for impl in impls if "error" in r[impl]}
+    measured = [impl for impl in impls if impl not in failed]
     results = {impl: {"error": failed[impl]} for impl in failed}
-    for impl in impls - failed.keys():
+    for impl in measured:
         results[impl] = {
             "seconds": statistics.median(r[impl]["seconds"] for r in per_round),
             "peak_mb": max(r[impl]["peak_mb"] for r in per_round),
@@ -220,7 +220,7 @@ def summarise(per_round: list[dict], gflop: float, off_seconds: float | None) ->
     line["matmul_gflops"] = round(statistics.median(rates), 1)
     fractions = [gflop / r["ours"]["seconds"] / r["matmul"]["matmul_gflops"] for r in per_round]
     line["ours_matmul_fraction"] = round(statistics.median(fractions), 3)
-    for other in impls - failed.keys() - {"ours"}:
+    for other in (impl for impl in measured if impl != "ours"):
         ratio = statistics.median(r[other]["seconds"] / r["ours"]["seconds"] for r in per_round)
         line[f"speedup_vs_{other}"] = round(ratio, 3)
     if off_seconds:
