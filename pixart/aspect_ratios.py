@@ -1,6 +1,6 @@
 """Aspect-ratio bins the PixArt models were trained on, and helpers to pick or snap an image size.
 
-PixArt-α/Σ train each base resolution on a fixed set of (height, width) buckets, keyed by height / width rounded
+PixArt-alpha/Sigma train each base resolution on a fixed set of (height, width) buckets, keyed by height / width rounded
 to two decimals. The reference pipelines generate at the bucket closest to the requested aspect ratio and resize
 afterwards (diffusers ``ASPECT_RATIO_{256,512,1024}_BIN`` in ``pipeline_pixart_alpha.py`` and
 ``ASPECT_RATIO_2048_BIN`` in ``pipeline_pixart_sigma.py``). The 256, 512 and 1024 tables hold the same 33 ratios,

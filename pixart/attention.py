@@ -48,7 +48,7 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention over image tokens; keys and values may be compressed on the token grid.
 
     ``sr`` (depthwise stride-s convolution) and ``norm`` exist only in blocks whose checkpoint trained them
-    (official names, PixArt-Σ ``AttentionKVCompress``)."""
+    (official names, PixArt-Sigma ``AttentionKVCompress``)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Input embeddings of PixArt: patches, 2-D sin-cos positions, timesteps, sizes and captions (PixArt-α §2.3)."""
+"""Input embeddings of PixArt: patches, 2-D sin-cos positions, timesteps, sizes and captions (PixArt-alpha §2.3)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def sincos_2d(channels: int, grid_h: int, grid_w: int, base_grid: int, pe_interp
     """Fixed 2-D sin-cos position embedding of an (grid_h × grid_w) token grid, row-major.
 
     Each axis is stretched so that it spans ``[0, base_grid / pe_interpolation)`` whatever its length: this is how
-    PixArt-α/Σ see the same position range at every aspect ratio and resolution. The first ``channels / 2`` channels
-    encode the column (x) position, the second half the row (y) position, as in the official code.
+    PixArt-alpha/Sigma see the same position range at every aspect ratio and resolution. The first ``channels / 2``
+    channels encode the column (x) position, the second half the row (y) position, as in the official code.
 
     Returns:
         (grid_h * grid_w, channels) float64.
@@ -69,7 +69,7 @@ class PatchEmbed(nn.Module):
 class ScalarEmbedder(nn.Module):
     """Sinusoidal features of a scalar through a two-layer SiLU MLP: (M,) -> (M, width).
 
-    Used for timesteps (``t_embedder``) and, in PixArt-α, for image height/width and aspect ratio."""
+    Used for timesteps (``t_embedder``) and, in PixArt-alpha, for image height/width and aspect ratio."""
 
     def __init__(self, width: int, dtype=None, device=None, operations=None):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Training-free and trained KV token compression on the 2-D token grid (PixArt-Σ §3.2)."""
+"""Training-free and trained KV token compression on the 2-D token grid (PixArt-Sigma §3.2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""The PixArt-Σ / PixArt-α diffusion transformer (PixArtMS), with the official parameter names."""
+"""The PixArt-Sigma / PixArt-alpha diffusion transformer (PixArtMS), with the official parameter names."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -68,9 +70,29 @@ class Modulation(NamedTuple):
     gate_mlp: Tensor
 
 
+class BlockInputs(NamedTuple):
+    """What every block of one forward shares."""
+
+    y: Tensor  # (B, L', C) projected caption tokens
+    t0: Tensor  # (B, 6C) adaLN-single output of the timestep (and alpha's size) embedding
+    grid: tuple[int, int]  # (h, w) token grid of the image
+    bias: Tensor | None  # None or (B, 1, 1, L') caption mask bias (0 keep, -inf drop)
+    token_chunk: int | None  # tokens per chunk of the per-token work, None for all at once
+
+
+BlockFn = Callable[[Tensor], Tensor]
+"""One block on the image tokens: (B, N, C) -> (B, N, C); may update its input in place (no autograd)."""
+
+BlockHook = Callable[[int, Tensor, BlockInputs, BlockFn], Tensor]
+"""``hook(index, x, inputs, run) -> x``: called instead of block ``index`` with the (B, N, C) image tokens, the
+inputs every block shares and ``run``, the block itself (or the next hook); returns the (B, N, C) tokens after the
+block. A hook may call ``run`` once, not at all (skip or reuse the block), or on other tokens. ``run`` may update
+the tokens it is given in place: clone them first to keep them."""
+
+
 class PixArtBlock(nn.Module):
     """One block: self-attention, cross-attention, MLP, each a residual update; adaLN-single modulates the first
-    and the last (PixArt-α §2.3)."""
+    and the last (PixArt-alpha §2.3)."""
 
     def __init__(self, config: PixArtConfig, index: int, dtype=None, device=None, operations=None, attention=None):
         super().__init__()
@@ -126,7 +148,7 @@ class PixArtBlock(nn.Module):
         del qkv
         keys, values = self.cross_attn.keys_values(y)  # 2 × (B, h, L, d)
         for one, s in parts:
-            tokens = x[one, s]  # (1, ≤chunk, C) view of the residual stream
+            tokens = x[one, s]  # (1, <=chunk, C) view of the residual stream
             residual(tokens, self.attn.proj(heads[one, s]), m.gate_msa[one])
             sample_bias = None if bias is None else bias[one]
             residual(tokens, self.cross_attn.attend(tokens, keys[one], values[one], sample_bias))
@@ -152,7 +174,7 @@ class FinalLayer(nn.Module):
 
 
 class PixArtTransformer(nn.Module):
-    """PixArt-Σ / PixArt-α transformer: latents, timestep and T5 caption -> epsilon and learned variance.
+    """PixArt-Sigma / PixArt-alpha transformer: latents, timestep and T5 caption -> epsilon and learned variance.
 
     Args:
         config: architecture.
@@ -229,6 +251,17 @@ class PixArtTransformer(nn.Module):
             self._pos_cache[key] = table.to(device=device, dtype=dtype)[None]
         return self._pos_cache[key]
 
+    def run_block(self, index: int, x: Tensor, inputs: BlockInputs, hooks: Sequence[BlockHook] = ()) -> Tensor:
+        """Block ``index`` on the (B, N, C) image tokens, through ``hooks`` (the first outermost)."""
+        block = self.blocks[index]
+
+        def run(tokens: Tensor) -> Tensor:
+            return block(tokens, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk)
+
+        for hook in reversed(hooks):
+            run = partial(_call_hook, hook, index, inputs, run)
+        return run(x)
+
     def _check_inputs(self, x: Tensor, caption: Tensor, caption_mask: Tensor | None) -> None:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
@@ -271,7 +304,7 @@ class PixArtTransformer(nn.Module):
     def _embed_timestep(
         self, timestep: Tensor, latent: Tensor, resolution: Tensor | None, aspect_ratio: Tensor | None
     ) -> Tensor:
-        """(B,) timesteps (+ α micro-conditions from the (B, C_in, H, W) latent's size) -> (B, C) embedding."""
+        """(B,) timesteps (+ alpha micro-conditions from the (B, C_in, H, W) latent's size) -> (B, C) embedding."""
         b, _, h, w = latent.shape
         device, dtype = latent.device, latent.dtype
         t = self.t_embedder(timestep.to(device).reshape(-1).expand(b), dtype)
@@ -292,6 +325,7 @@ class PixArtTransformer(nn.Module):
         caption_mask: Tensor | None = None,
         resolution: Tensor | None = None,
         aspect_ratio: Tensor | None = None,
+        block_hooks: Sequence[BlockHook] = (),
     ) -> Tensor:
         """
         Args:
@@ -299,8 +333,10 @@ class PixArtTransformer(nn.Module):
             timestep: (B,) or scalar, 0–999 scale.
             caption: (B, L, caption_channels) T5 states.
             caption_mask: (B, L) ones for tokens to attend, zeros for padding; None attends to all.
-            resolution: α only, (B, 2) image height, width in pixels (default 8·H, 8·W).
-            aspect_ratio: α only, (B, 1) height / width (default H / W).
+            resolution: alpha only, (B, 2) image height, width in pixels (default 8·H, 8·W).
+            aspect_ratio: alpha only, (B, 1) height / width (default H / W).
+            block_hooks: ``BlockHook``s wrapped around every block, the first outermost (caches, block patches,
+                cancel checks).
         Returns:
             (B, C_out, H, W) in the dtype of ``x``: epsilon in the first C_in channels, then the variance.
         """
@@ -320,9 +356,14 @@ class PixArtTransformer(nn.Module):
         chunk = self.token_chunk
         if chunk == "auto":
             chunk = CPU_TOKEN_CHUNK if x.device.type == "cpu" else None
-        for block in self.blocks:
-            x = block(x, y, t0, grid, bias, chunk)
+        inputs = BlockInputs(y, t0, grid, bias, chunk)
+        for index in range(len(self.blocks)):
+            x = self.run_block(index, x, inputs, block_hooks)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)
         return x.to(out_dtype)
+
+
+def _call_hook(hook: BlockHook, index: int, inputs: BlockInputs, run: BlockFn, x: Tensor) -> Tensor:
+    return hook(index, x, inputs, run)
