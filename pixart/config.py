@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 FAMILIES = ("sigma", "alpha")
 KV_MODES = ("conv", "ave", "uniform", "avgpool")
 KV_REMAINDERS = ("keep", "drop")
+# Weight and compute dtypes of the DiT and the T5 (float8 is only a storage format of T5 weights: pixart.t5.fp8).
+COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# T5 tokens per caption each family was trained with (PixArt-Sigma §3.1: 300; PixArt-alpha: 120).
+CAPTION_TOKENS = {"sigma": 300, "alpha": 120}
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,7 @@ class PixArtConfig:
     in_channels: int = 4  # C_in, VAE latent channels
     out_channels: int = 8  # epsilon (4) + learned variance (4)
     caption_channels: int = 4096  # T5-v1.1-XXL width
-    caption_tokens: int = 300  # L, T5 tokens the model was trained with: 300 for Σ, 120 for α
+    caption_tokens: int = CAPTION_TOKENS["sigma"]  # L, T5 tokens the model was trained with (CAPTION_TOKENS)
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * C
     sample_size: int = 128  # latent side of the base resolution (128 latent = 1024 px)
     pe_interpolation: float = 2.0  # position-embedding scale: positions span [0, sample_size / p / pe_interpolation)
@@ -85,7 +91,7 @@ def _alpha(sample_size: int, pe_interpolation: float, micro_conditions: bool) ->
     return PixArtConfig(
         sample_size=sample_size,
         pe_interpolation=pe_interpolation,
-        caption_tokens=120,
+        caption_tokens=CAPTION_TOKENS["alpha"],
         micro_conditions=micro_conditions,
         family="alpha",
     )

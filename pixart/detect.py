@@ -8,6 +8,7 @@ and the released-variant presets — and a log warning says so whenever a preset
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import fields
@@ -15,9 +16,9 @@ from dataclasses import fields
 import torch
 from torch import Tensor
 
-from .checkpoints.errors import CheckpointError
-from .config import VARIANTS, PixArtConfig
+from .config import CAPTION_TOKENS, VARIANTS, PixArtConfig
 from .embeddings import sincos_2d
+from .errors import CheckpointError, listing, short
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,15 @@ OTHER_FAMILIES = {
     "decoder.up.": "a VAE",
 }
 HEAD_DIM = 72  # every released PixArt model: 16 heads of 72 channels
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+# Bounds on what a file may declare, far above every released model (depth 28, width 1152, p 2, grid 128, L 300):
+# sizes are checked against these before any model or table is built.
+MAX_DEPTH = 256
+MAX_WIDTH = 16384  # hidden size, caption channels, MLP width
+MAX_CHANNELS = 256  # latent channels in and out
+MAX_PATCH = 16
+MAX_GRID = 512  # token grid side of the base resolution (pos_embed holds MAX_GRID**2 rows at most)
+MAX_CAPTION_TOKENS = 4096
+_BLOCK = re.compile(r"^blocks\.(\d{1,9})\.")
 
 
 def _describe_foreign(keys: list[str]) -> str:
@@ -60,26 +69,59 @@ def check_is_pixart(state_dict: Mapping[str, Tensor], source: str) -> None:
         keys = sorted(state_dict)
         raise CheckpointError(
             f"{source}: not a PixArt transformer checkpoint{_describe_foreign(keys)}: no {missing[0]!r} "
-            f"(and {len(missing) - 1} more core tensors missing; it has {len(keys)} tensors, e.g. {keys[:2]}). "
+            f"(and {len(missing) - 1} more core tensors missing; it has {len(keys)} tensors, e.g. {listing(keys, 2)}). "
             "Pick a PixArt-Σ/α transformer (e.g. PixArt-Sigma-XL-2-1024-MS.pth) or a diffusers transformer folder."
         )
 
 
-def shape_fields(state_dict: Mapping[str, Tensor]) -> dict:
-    """The config fields that tensor shapes determine."""
-    proj = state_dict["x_embedder.proj.weight"]  # (C, C_in, p, p)
-    hidden, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
-    blocks = {int(m.group(1)) for k in state_dict if (m := _BLOCK.match(k))}
-    conv_layers = tuple(sorted(i for i in blocks if f"blocks.{i}.attn.sr.weight" in state_dict))
-    conv_factor = state_dict[f"blocks.{conv_layers[0]}.attn.sr.weight"].shape[-1] if conv_layers else 1
+def _shape(state_dict: Mapping[str, Tensor], key: str, source: str, ndim: int, limit: int) -> tuple[int, ...]:
+    """The shape of ``state_dict[key]``, which must have ``ndim`` dimensions, each in 1..``limit``."""
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != ndim or not all(1 <= s <= limit for s in shape):
+        raise CheckpointError(f"{source}: {key!r} is {short(shape, 60)}, expected {ndim} dimensions, each 1..{limit}")
+    return shape
+
+
+def _block_indices(state_dict: Mapping[str, Tensor], source: str) -> list[int]:
+    """Block indices 0..depth-1, checked to be contiguous, bounded and each carrying its attention weight."""
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK.match(k))})
+    if blocks[-1] >= MAX_DEPTH:
+        raise CheckpointError(f"{source}: names block {blocks[-1]}, expected at most {MAX_DEPTH} blocks")
+    incomplete = [i for i in range(blocks[-1] + 1) if f"blocks.{i}.attn.qkv.weight" not in state_dict]
+    if incomplete:
+        raise CheckpointError(
+            f"{source}: has tensors of blocks 0..{blocks[-1]} but no attention weights for blocks {listing(incomplete)}"
+        )
+    return blocks
+
+
+def shape_fields(state_dict: Mapping[str, Tensor], source: str = "state dict") -> dict:
+    """The config fields that tensor shapes determine, each checked for rank and bounds."""
+    hidden, in_channels, patch, patch_w = _shape(state_dict, "x_embedder.proj.weight", source, 4, MAX_WIDTH)
+    if in_channels > MAX_CHANNELS or patch > MAX_PATCH or patch_w != patch:
+        raise CheckpointError(
+            f"{source}: 'x_embedder.proj.weight' is {(hidden, in_channels, patch, patch_w)}, expected (C, C_in, p, p) "
+            f"with C_in <= {MAX_CHANNELS} and p <= {MAX_PATCH}"
+        )
+    blocks = _block_indices(state_dict, source)
+    conv_layers = tuple(i for i in blocks if f"blocks.{i}.attn.sr.weight" in state_dict)
+    conv_factor = 1
+    if conv_layers:
+        conv_factor = _shape(state_dict, f"blocks.{conv_layers[0]}.attn.sr.weight", source, 4, MAX_WIDTH)[-1]
+    out_rows = _shape(state_dict, "final_layer.linear.weight", source, 2, MAX_WIDTH)[0]
+    if out_rows % (patch * patch) or out_rows // (patch * patch) > MAX_CHANNELS:
+        raise CheckpointError(
+            f"{source}: 'final_layer.linear.weight' has {out_rows} rows, expected p*p*C_out = {patch * patch}*C_out "
+            f"with C_out <= {MAX_CHANNELS}"
+        )
     return {
-        "depth": max(blocks) + 1,
+        "depth": blocks[-1] + 1,
         "hidden_size": hidden,
         "patch_size": patch,
         "in_channels": in_channels,
-        "out_channels": state_dict["final_layer.linear.weight"].shape[0] // (patch * patch),
-        "caption_channels": state_dict["y_embedder.y_proj.fc1.weight"].shape[1],
-        "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        "out_channels": out_rows // (patch * patch),
+        "caption_channels": _shape(state_dict, "y_embedder.y_proj.fc1.weight", source, 2, MAX_WIDTH)[1],
+        "mlp_ratio": _shape(state_dict, "blocks.0.mlp.fc1.weight", source, 2, MAX_WIDTH)[0] / hidden,
         "micro_conditions": "csize_embedder.mlp.0.weight" in state_dict,
         "conv_kv_layers": conv_layers,
         "conv_kv_factor": conv_factor,
@@ -95,21 +137,35 @@ def _pe_interpolation_from_table(table: Tensor, hidden: int, grid: int) -> float
     return None
 
 
-def file_hints(state_dict: Mapping[str, Tensor], shapes: dict) -> dict:
-    """Fields the training-only tensors reveal: base resolution and scale (pos_embed), Σ or α (null caption)."""
+def file_hints(state_dict: Mapping[str, Tensor], shapes: dict, source: str = "state dict") -> dict:
+    """Fields the training-only tensors reveal: base resolution and scale (pos_embed), Σ or α (null caption).
+
+    Both tensors are checked against the model's width before anything is computed from them: a position table
+    must be (1, grid², C) with grid <= MAX_GRID, the null caption (L, caption_channels) with L <= MAX_CAPTION_TOKENS.
+    """
     hints: dict = {}
     if "y_embedder.y_embedding" in state_dict:
-        tokens = state_dict["y_embedder.y_embedding"].shape[0]
+        tokens, width = _shape(state_dict, "y_embedder.y_embedding", source, 2, MAX_WIDTH)
+        if tokens > MAX_CAPTION_TOKENS or width != shapes["caption_channels"]:
+            raise CheckpointError(
+                f"{source}: 'y_embedder.y_embedding' is {(tokens, width)}, expected (L, {shapes['caption_channels']}) "
+                f"with L <= {MAX_CAPTION_TOKENS}"
+            )
         hints["caption_tokens"] = tokens
-        hints["family"] = "alpha" if tokens == 120 else "sigma"
+        hints["family"] = "alpha" if tokens == CAPTION_TOKENS["alpha"] else "sigma"
     if "pos_embed" in state_dict:
-        n = state_dict["pos_embed"].shape[-2]
-        grid = round(n**0.5)
-        if grid * grid == n:
-            hints["sample_size"] = grid * shapes["patch_size"]
-            scale = _pe_interpolation_from_table(state_dict["pos_embed"], shapes["hidden_size"], grid)
-            if scale is not None:
-                hints["pe_interpolation"] = scale
+        shape = tuple(state_dict["pos_embed"].shape)
+        n = shape[1] if len(shape) == 3 else 0
+        grid = math.isqrt(n)
+        if shape != (1, n, shapes["hidden_size"]) or grid * grid != n or not 1 <= grid <= MAX_GRID:
+            raise CheckpointError(
+                f"{source}: 'pos_embed' is {short(shape, 60)}, expected (1, grid*grid, {shapes['hidden_size']}) with "
+                f"grid 1..{MAX_GRID}"
+            )
+        hints["sample_size"] = grid * shapes["patch_size"]
+        scale = _pe_interpolation_from_table(state_dict["pos_embed"], shapes["hidden_size"], grid)
+        if scale is not None:
+            hints["pe_interpolation"] = scale
     if shapes["micro_conditions"]:
         hints.setdefault("family", "alpha")
     return hints
@@ -174,7 +230,7 @@ def detect_config(
         hints: fields the file's side data gave (e.g. from a diffusers config.json).
     """
     check_is_pixart(state_dict, source)
-    shapes = shape_fields(state_dict)
+    shapes = shape_fields(state_dict, source)
     preset, overrides = _resolve_variant(variant, source)
     clashes = {k: (v, shapes[k]) for k, v in overrides.items() if k in shapes and v != shapes[k]}
     if preset is not None:
@@ -185,7 +241,7 @@ def detect_config(
         detail = ", ".join(f"{k}: asked {a}, file has {b}" for k, (a, b) in clashes.items())
         raise CheckpointError(f"{source}: the requested variant does not fit the weights ({detail})")
     if preset is None:
-        fields_ = {**file_hints(state_dict, shapes), **(hints or {}), **shapes, **overrides}
+        fields_ = {**file_hints(state_dict, shapes, source), **(hints or {}), **shapes, **overrides}
         preset = _auto_fields(fields_, source)
     else:
         fields_ = {**shapes, **overrides}

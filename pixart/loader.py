@@ -9,10 +9,8 @@ import torch
 
 from .attention import query_chunked, sdpa_attention
 from .checkpoints import read_checkpoint
-from .config import KVCompress
+from .config import COMPUTE_DTYPES, KVCompress
 from .model import PixArtTransformer
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def load_dit(
@@ -25,8 +23,8 @@ def load_dit(
     token_chunk: int | str | None = "auto",
     torch_compile: bool = False,
 ) -> PixArtTransformer:
-    """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors`` file (official, diffusers or
-    ComfyUI keys) or a diffusers folder.
+    """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors``/``.sft`` file (official, diffusers
+    or ComfyUI keys) or a diffusers folder.
 
     Args:
         path: checkpoint file or folder.
@@ -43,8 +41,8 @@ def load_dit(
     Returns:
         The model in eval mode; ``model.config`` holds its architecture.
     """
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"load_dit: dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"load_dit: dtype must be one of {COMPUTE_DTYPES}, got {dtype}")
     state_dict, config = read_checkpoint(path, variant)
     attention = sdpa_attention if attention_chunk is None else query_chunked(sdpa_attention, attention_chunk)
     with torch.device("meta"):

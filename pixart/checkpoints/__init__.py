@@ -1,6 +1,7 @@
 """Reading any supported PixArt transformer checkpoint into official keys plus its architecture.
 
-Formats: official ``.pth`` (plain or ``state_dict``/EMA wrapper), ``.safetensors`` with official or diffusers keys,
+Formats: official ``.pth`` (plain or ``state_dict``/EMA wrapper), ``.safetensors``/``.sft`` with official or diffusers
+keys,
 ComfyUI-saved files (``model.diffusion_model.`` prefix), and diffusers folders (``config.json`` + weights, sharded
 or not, or a whole pipeline folder with ``transformer/``).
 """
@@ -16,17 +17,18 @@ from torch import Tensor
 
 from ..config import PixArtConfig
 from ..detect import TRAINING_ONLY_KEYS, detect_config
+from ..errors import CheckpointError, listing, short
+from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, read_weights
 from .diffusers_dir import folder_hints, read_diffusers_folder, transformer_folder
-from .errors import CheckpointError
-from .keymap import diffusers_to_official, is_diffusers_layout
-from .official import read_pickled
-from .safetensors_file import read_safetensors
+from .keymap import COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX, PIPELINE_PREFIX, diffusers_to_official, is_diffusers_layout
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Prefixes wrappers put in front of the transformer's own names, longest first.
-PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
+PREFIXES = (COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX, PIPELINE_PREFIX, "module.", "model.")
+# Wrappers seen in the wild, most preferred first: training checkpoints hold both the raw and the EMA weights, and
+# EMA is what inference wants.
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "ema", "model", "module")
 
 __all__ = ["CheckpointError", "read_checkpoint", "read_tensors", "to_official_keys", "check_against_model"]
 
@@ -40,13 +42,11 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict, str]:
         return read_diffusers_folder(folder), hints, str(folder)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix == ".safetensors":
-        return read_safetensors(path), {}, str(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        return read_pickled(path), {}, str(path)
+    if path.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
+        return read_weights(path, CheckpointError, WRAPPER_KEYS), {}, str(path)
     raise CheckpointError(
-        f"{path}: unsupported file type {path.suffix!r}; expected .safetensors, {', '.join(PICKLE_SUFFIXES)} "
-        "or a diffusers folder"
+        f"{path}: unsupported file type {short(path.suffix, 20)!r}; expected "
+        f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)} or a diffusers folder"
     )
 
 
@@ -68,7 +68,9 @@ def to_official_keys(tensors: dict[str, Tensor], source: str) -> dict[str, Tenso
         return tensors
     converted, unknown = diffusers_to_official(tensors)
     if unknown:
-        raise CheckpointError(f"{source}: {len(unknown)} tensors are not PixArt transformer weights: {unknown[:10]}")
+        raise CheckpointError(
+            f"{source}: {len(unknown)} tensors are not PixArt transformer weights: {listing(unknown)}"
+        )
     return converted
 
 
@@ -81,19 +83,23 @@ def check_against_model(state_dict: Mapping[str, Tensor], config: PixArtConfig, 
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = [
-        f"{k} is {tuple(v.shape)}, expected {tuple(expected[k])}"
+        f"{short(k, 60)} is {tuple(v.shape)}, expected {tuple(expected[k])}"
         for k, v in state_dict.items()
         if k in expected and v.shape != expected[k]
     ]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)}: {missing[:10]}")
+        problems.append(f"missing {len(missing)}: {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {unexpected[:10]}")
+        problems.append(f"unexpected {len(unexpected)}: {listing(unexpected)}")
     if wrong:
-        problems.append(f"wrong shape {len(wrong)}: {wrong[:5]}")
+        problems.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:3])}")
     if problems:
-        raise CheckpointError(f"{source}: does not match a PixArt model with {config}: " + "; ".join(problems))
+        shape = (
+            f"depth {config.depth}, hidden_size {config.hidden_size}, patch_size {config.patch_size}, "
+            f"caption_channels {config.caption_channels}, micro_conditions {config.micro_conditions}"
+        )
+        raise CheckpointError(f"{source}: does not match a PixArt model with {shape}: " + "; ".join(problems))
 
 
 def read_checkpoint(path: str | Path, variant: str | Mapping = "auto") -> tuple[dict[str, Tensor], PixArtConfig]:

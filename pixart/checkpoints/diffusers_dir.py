@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import Tensor
 
-from .errors import CheckpointError
-from .official import read_pickled
-from .safetensors_file import read_safetensors
+from ..errors import CheckpointError, short
+from ..io import json_field, read_json, read_shard_index, read_weights
 
 TRANSFORMER_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
 PIPELINE_FAMILIES = {"PixArtSigmaPipeline": "sigma", "PixArtAlphaPipeline": "alpha"}
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+MAX_HEADS = 1024  # attention heads a config may state
+MAX_SAMPLE_SIZE = 1024  # latent side of the base resolution a config may state (8192 px)
 
 
 def transformer_folder(path: Path) -> Path:
@@ -25,31 +25,30 @@ def transformer_folder(path: Path) -> Path:
     raise CheckpointError(f"{path}: a diffusers transformer folder needs config.json (or transformer/config.json)")
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
-
-
 def folder_hints(folder: Path) -> dict:
     """PixArtConfig fields a diffusers ``config.json`` (and the pipeline's ``model_index.json``) state."""
-    config = _load_json(folder / "config.json")
-    if config.get("_class_name") not in TRANSFORMER_CLASSES:
-        raise CheckpointError(
-            f"{folder / 'config.json'}: _class_name is {config.get('_class_name')!r}, "
-            f"expected one of {TRANSFORMER_CLASSES}"
-        )
+    path = folder / "config.json"
+    config = read_json(path, CheckpointError)
+    name = config.get("_class_name")
+    if name not in TRANSFORMER_CLASSES:
+        raise CheckpointError(f"{path}: _class_name is {short(repr(name), 60)}, expected one of {TRANSFORMER_CLASSES}")
+    source = str(path)
     hints = {}
-    if "num_attention_heads" in config:
-        hints["num_heads"] = config["num_attention_heads"]
-    if "sample_size" in config:
-        hints["sample_size"] = config["sample_size"]
-        scale = config.get("interpolation_scale")
-        hints["pe_interpolation"] = float(scale if scale is not None else max(config["sample_size"] // 64, 1))
+    heads = json_field(config, "num_attention_heads", int, source, CheckpointError, None, (1, MAX_HEADS))
+    if heads is not None:
+        hints["num_heads"] = heads
+    sample_size = json_field(config, "sample_size", int, source, CheckpointError, None, (1, MAX_SAMPLE_SIZE))
+    if sample_size is not None:
+        hints["sample_size"] = sample_size
+        default_scale = float(max(sample_size // 64, 1))
+        hints["pe_interpolation"] = json_field(
+            config, "interpolation_scale", float, source, CheckpointError, default_scale, (1e-3, 1e3)
+        )
     index = folder.parent / "model_index.json"
     if index.is_file():
-        family = PIPELINE_FAMILIES.get(_load_json(index).get("_class_name"))
+        family = PIPELINE_FAMILIES.get(
+            json_field(read_json(index, CheckpointError), "_class_name", str, str(index), CheckpointError, "")
+        )
         if family:
             hints["family"] = family
     return hints
@@ -59,17 +58,11 @@ def read_diffusers_folder(folder: Path) -> dict[str, Tensor]:
     """All weight tensors of a diffusers model folder, joining shards listed in the ``*.index.json``."""
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
-            return read_safetensors(folder / name) if name.endswith(".safetensors") else read_pickled(folder / name)
+            return read_weights(folder / name, CheckpointError)
         index = folder / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(_load_json(index).get("weight_map", {}).values()))
-            if not shards:
-                raise CheckpointError(f"{index}: its weight_map lists no shard files")
             tensors: dict[str, Tensor] = {}
-            for shard in shards:
-                if not (folder / shard).is_file():
-                    raise CheckpointError(f"{index}: lists shard {shard!r}, which is not in {folder}")
-                read = read_safetensors if shard.endswith(".safetensors") else read_pickled
-                tensors.update(read(folder / shard))
+            for shard in read_shard_index(index, CheckpointError):
+                tensors.update(read_weights(shard, CheckpointError))
             return tensors
     raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors (or .bin, or a sharded index) found")

@@ -58,6 +58,11 @@ _BLOCK_PARAMETERS = {"scale_shift_table": "scale_shift_table"}
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 _OFFICIAL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
+# Prefixes other tools put in front of the transformer's own names (each defined here once).
+COMFYUI_PREFIX = "model.diffusion_model."  # ComfyUI-saved checkpoints
+DIFFUSION_MODEL_PREFIX = "diffusion_model."  # ComfyUI's ModelPatcher keys, some LoRAs
+PIPELINE_PREFIX = "transformer."  # the transformer component of a diffusers pipeline (save_lora_weights, exports)
+
 # Markers of the diffusers layout: any key starting with one of these.
 DIFFUSERS_PREFIXES = ("transformer_blocks.", "adaln_single.", "caption_projection.", "pos_embed.proj.")
 
