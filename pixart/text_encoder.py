@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import T5Error
 from .t5.encoder import ALPHA_MAX_LENGTH, SIGMA_MAX_LENGTH, T5PromptEncoder, preprocess_prompt
-from .t5.errors import T5Error
 from .t5.loading import load_t5_model, resolve_source
 from .t5.tokenizer import check_tokenizer, find_tokenizer, load_tokenizer
 

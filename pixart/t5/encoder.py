@@ -18,12 +18,15 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
+from ..config import CAPTION_TOKENS
+from ..errors import short
 from .loading import Precision
 
 logger = logging.getLogger(__name__)
 
-SIGMA_MAX_LENGTH = 300  # caption tokens of PixArt-Σ
-ALPHA_MAX_LENGTH = 120  # caption tokens of PixArt-α
+SIGMA_MAX_LENGTH = CAPTION_TOKENS["sigma"]  # caption tokens of PixArt-Sigma
+ALPHA_MAX_LENGTH = CAPTION_TOKENS["alpha"]  # caption tokens of PixArt-alpha
+CHARS_PER_TOKEN = 64  # a prompt is cut to max_length * CHARS_PER_TOKEN characters before it is tokenised
 
 
 def preprocess_prompt(prompt: str, lowercase: bool = True) -> str:
@@ -86,7 +89,14 @@ class T5PromptEncoder:
             self.model.to(self.offload_device)
 
     def tokenize(self, prompts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
-        """Token ids and mask, both (B, max_length) int64, padded with ``<pad>`` and truncated with a warning."""
+        """Token ids and mask, both (B, max_length) int64, padded with ``<pad>`` and truncated with a warning.
+
+        Only the first ``max_length * CHARS_PER_TOKEN`` characters of a prompt are tokenised (a T5 token covers a
+        few characters), so a huge prompt costs no more than a long one; the warning says what was cut.
+        """
+        limit = max_length * CHARS_PER_TOKEN
+        cut = [len(p) - limit if len(p) > limit else 0 for p in prompts]
+        prompts = [p[:limit] for p in prompts]
         batch = self.tokenizer(
             prompts,
             padding="max_length",
@@ -96,23 +106,28 @@ class T5PromptEncoder:
             return_attention_mask=True,
             return_tensors="pt",
         )
-        self._warn_truncation(prompts, max_length)
+        self._warn_truncation(prompts, max_length, cut)
         return batch["input_ids"], batch["attention_mask"]
 
-    def _warn_truncation(self, prompts: list[str], max_length: int) -> None:
-        """Log a warning for each prompt over ``max_length`` tokens (``</s>`` included) with the dropped count."""
+    def _warn_truncation(self, prompts: list[str], max_length: int, cut: list[int]) -> None:
+        """Log a warning for each prompt over ``max_length`` tokens (``</s>`` included) with the dropped count, and
+        the characters ``cut`` from its end before tokenising."""
         full = self.tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         for index, ids in enumerate(full):
             dropped = len(ids) - max_length  # truncation keeps max_length - 1 tokens, then appends </s>
-            if dropped > 0:
+            if dropped > 0 or cut[index]:
                 lost = self.tokenizer.decode(ids[max_length - 1 : -1], skip_special_tokens=True)
-                lost = lost if len(lost) <= 120 else lost[:117] + "..."
+                lost = short(lost, 120)
+                beyond = (
+                    f" (and the {cut[index]} characters after the first {len(prompts[index])})" if cut[index] else ""
+                )
                 logger.warning(
-                    "T5 prompt %d is %d tokens with </s>, over max_length=%d: dropped the last %d tokens: %r",
+                    "T5 prompt %d is %d tokens with </s>, over max_length=%d: dropped the last %d tokens%s: %r",
                     index,
                     len(ids),
                     max_length,
-                    dropped,
+                    max(dropped, 0),
+                    beyond,
                     lost,
                 )
 

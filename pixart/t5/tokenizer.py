@@ -15,11 +15,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import sentencepiece
 from transformers import PreTrainedTokenizerBase, T5TokenizerFast
 
-from .errors import T5Error
+from ..errors import T5Error, short
+from ..io import json_field, read_json
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+MAX_SPIECE_BYTES = 64 * 2**20  # T5's spiece.model is 792 kB
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -64,17 +67,48 @@ def find_tokenizer(
     )
 
 
+def check_sentencepiece(path: Path) -> None:
+    """Raise a T5Error unless ``path`` is a sentencepiece model (so transformers never guesses another format)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPIECE_BYTES:
+            raise T5Error(f"{path}: {size} bytes, more than the {MAX_SPIECE_BYTES} a sentencepiece model may have")
+        sentencepiece.SentencePieceProcessor().LoadFromSerializedProto(path.read_bytes())
+    except (OSError, RuntimeError) as e:
+        raise T5Error(f"{path}: not a sentencepiece model (corrupt or another format: {type(e).__name__})") from e
+
+
+def check_tokenizer_json(path: Path) -> None:
+    """Raise a T5Error unless ``path`` is a JSON object with the ``model`` and ``added_tokens`` a tokenizer has."""
+    data = read_json(path, T5Error)
+    json_field(json_field(data, "model", dict, str(path), T5Error), "type", str, f"{path} (model)", T5Error)
+    json_field(data, "added_tokens", list, str(path), T5Error)
+
+
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """Load a T5 tokenizer from a folder, a ``tokenizer.json``/``spiece.model`` file, or a ``*.model`` file."""
+    """Load a T5 tokenizer from a folder, a ``tokenizer.json``/``spiece.model`` file, or a ``*.model`` file.
+
+    The file transformers will read is checked first (``tokenizer.json`` is preferred, as transformers does), so a
+    corrupt one ends in a T5Error naming it rather than in transformers' guesses about other formats.
+    """
     if path.is_file() and path.name not in TOKENIZER_FILES and path.suffix != ".model":
         raise T5Error(
             f"{path}: expected a tokenizer folder, 'tokenizer.json', 'spiece.model' or a sentencepiece '*.model' file"
         )
     source = path.parent if path.is_file() and path.name in TOKENIZER_FILES else path
+    if source.is_dir() and (source / "tokenizer.json").is_file():
+        check_tokenizer_json(source / "tokenizer.json")
+    elif source.is_dir() and (source / "spiece.model").is_file():
+        check_sentencepiece(source / "spiece.model")
+    elif source.is_file():
+        check_sentencepiece(source)
     try:
         return T5TokenizerFast.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise T5Error(f"{path}: could not read the T5 tokenizer: {e}") from e
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise T5Error(
+            f"{path}: could not read the T5 tokenizer ({type(e).__name__}); expected the tokenizer.json or "
+            f"spiece.model of T5 v1.1 ({short(e, 120) if 'install' not in str(e) else 'unrecognised format'})"
+        ) from e
 
 
 def check_tokenizer(
