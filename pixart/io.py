@@ -31,6 +31,7 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 MAX_JSON_BYTES = 64 * 2**20  # config, index and tokenizer JSON files are kilobytes to a few megabytes
 MAX_TENSORS = 100_000  # tensors in one weights file (T5-XXL with its decoder: ~500; a PixArt DiT: ~700)
 MAX_SHARDS = 10_000  # distinct shard files one index may list
+MAX_KEY = 1024  # characters of one tensor name (the longest real ones are about 100)
 _ZIP_SLACK = 64 * 2**20  # a torch zip may unpack to at most 4x its size plus this (torch stores entries uncompressed)
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]{1,200})")
 
@@ -46,9 +47,13 @@ class TensorHeader:
     shape: tuple[int, ...]
 
 
-def _check_count(path: Path, count: int, error: ErrorKind) -> None:
-    if count > MAX_TENSORS:
-        raise error(f"{path}: holds {count} tensors, more than the {MAX_TENSORS} any supported model has")
+def _check_names(path: Path, keys: list, error: ErrorKind) -> None:
+    """Refuse more tensors than any supported model has, or names far longer than any real one."""
+    if len(keys) > MAX_TENSORS:
+        raise error(f"{path}: holds {len(keys)} tensors, more than the {MAX_TENSORS} any supported model has")
+    long = next((k for k in keys if isinstance(k, str) and len(k) > MAX_KEY), None)
+    if long is not None:
+        raise error(f"{path}: names a tensor with {len(long)} characters ({short(long, 60)!r}); expected <= {MAX_KEY}")
 
 
 def read_safetensors(path: Path, error: ErrorKind) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -56,7 +61,7 @@ def read_safetensors(path: Path, error: ErrorKind) -> tuple[dict[str, Tensor], d
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             keys = list(f.keys())
-            _check_count(path, len(keys), error)
+            _check_names(path, keys, error)
             return {key: f.get_tensor(key) for key in keys}, dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
         raise error(f"{path}: not a readable safetensors file (truncated or corrupt?): {short(e, 200)}") from e
@@ -69,7 +74,7 @@ def read_safetensors_headers(files: list[Path], error: ErrorKind) -> dict[str, T
         try:
             with safe_open(str(file), framework="pt") as f:
                 keys = list(f.keys())
-                _check_count(file, len(keys), error)
+                _check_names(file, keys, error)
                 for key in keys:
                     entry = f.get_slice(key)
                     tensors[key] = TensorHeader(file, entry.get_dtype(), tuple(entry.get_shape()))
@@ -149,8 +154,8 @@ def read_torch(path: Path, error: ErrorKind, wrappers: tuple[str, ...] = ()) -> 
             obj = obj[key]
             break
     if not isinstance(obj, dict):
-        raise error(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    _check_count(path, len(obj), error)
+        raise error(f"{path}: expected a flat dict of tensors, found {type(obj).__name__}")
+    _check_names(path, list(obj), error)
     others = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
     if others:
         found = ", ".join(f"{short(k, 60)!r}: {type(obj[k]).__name__}" for k in others[:3])

@@ -318,7 +318,7 @@ def test_unreadable_inputs(tmp_path):
     (tmp_path / "folder").mkdir()
     assert "not a PEFT adapter folder" in _err(tmp_path / "folder")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
-    assert "cannot read as safetensors" in _err(tmp_path / "junk.safetensors")
+    assert "not a readable safetensors file" in _err(tmp_path / "junk.safetensors")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     assert "expected a flat dict of tensors, found list" in _err(tmp_path / "list.pt")
     empty = _save(tmp_path / "empty.safetensors", {})
@@ -334,8 +334,17 @@ def test_metadata_settings_are_used(peft_model, tmp_path, base, want):
 # the node's helpers, without ComfyUI -----------------------------------------------------------------------------
 
 
-def test_node_lists_files_and_peft_folders(files):
-    from nodes.lora_loader import find_lora, lora_choices, peft_folders
+def _lora_node_module(monkeypatch):
+    """nodes/lora_loader.py of the pack imported as a package (its imports are relative), V3 API stubbed."""
+    from node_pack import install_comfy_api_stub, load_pack
+
+    install_comfy_api_stub(monkeypatch)
+    return load_pack().lora_loader
+
+
+def test_node_lists_files_and_peft_folders(files, monkeypatch):
+    node = _lora_node_module(monkeypatch)
+    find_lora, lora_choices, peft_folders = node.find_lora, node.lora_choices, node.peft_folders
 
     base = files["kohya"].parent
     assert peft_folders(base) == ["checkpoint-100/", "peft_adapter/"]
@@ -343,7 +352,7 @@ def test_node_lists_files_and_peft_folders(files):
     assert names == ["checkpoint-100/", "kohya.safetensors", "old.bin", "peft_adapter/"]
     assert find_lora("peft_adapter/", [base / "missing", base]) == files["peft-folder"].resolve()
     assert find_lora("kohya.safetensors", [base]) == files["kohya"].resolve()
-    with pytest.raises(LoraError, match="not found"):
+    with pytest.raises(node.LoraError, match="not found"):  # the pack's own pixart.lora.LoraError
         find_lora("../loras/kohya.safetensors", [base / "peft_adapter"])
 
 
@@ -352,8 +361,7 @@ def test_node_patches_use_row_offsets_into_fused_weights(files, monkeypatch):
     for q/k/v and k/v, and ``LoRAAdapter`` weights ``(up, down, alpha, None, None, None)`` with alpha / r = scale."""
     import types
 
-    from nodes.lora_loader import comfy_patches
-
+    comfy_patches = _lora_node_module(monkeypatch).comfy_patches
     fake = types.ModuleType("comfy.weight_adapter")
     fake.LoRAAdapter = lambda loaded_keys, weights: weights
     monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))

@@ -7,27 +7,26 @@ Besides the tensors, a LoRA may carry PEFT scaling settings (``r``, ``lora_alpha
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import safetensors
-import safetensors.torch
-import torch
 from torch import Tensor
 
-from .errors import LoraError
+from ..errors import LoraError, listing, short
+from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, json_field, parse_json, read_json, read_safetensors, read_torch
 
 log = logging.getLogger(__name__)
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 METADATA_KEY = "lora_adapter_metadata"
+MAX_RANK = 65536  # a LoRA rank or rank_pattern value (full rank of the widest PixArt weight: 4608)
+MAX_PATTERNS = 10_000  # entries of rank_pattern / alpha_pattern
+# What PEFT writes as a rank_pattern / alpha_pattern key: a module name, or its last dotted components.
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100}){0,30}")
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,19 @@ class PeftSettings:
     def from_dict(cls, config: dict, source: str) -> PeftSettings:
         """Settings from a ``LoraConfig`` dict; raises LoraError on adapters this loader cannot apply."""
         peft_type = config.get("peft_type") or "LORA"
-        peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # a str or PEFT's PeftType enum
-        if peft_type != "LORA":
-            raise LoraError(f"{source}: PEFT type {peft_type!r} is not supported, only plain LoRA")
-        if config.get("use_dora"):
+        peft_type = getattr(peft_type, "value", peft_type)  # a str or PEFT's PeftType enum
+        if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
+            raise LoraError(f"{source}: PEFT type {short(repr(peft_type), 40)} is not supported, only plain LoRA")
+        if json_field(config, "use_dora", bool, source, LoraError, False):
             raise LoraError(f"{source}: DoRA adapters (use_dora=true) are not supported, only plain LoRA")
         if "lora_alpha" not in config and "r" not in config:
             raise LoraError(f"{source}: neither 'r' nor 'lora_alpha' is set; is this a PEFT LoRA config?")
-        r = config.get("r")
         return cls(
-            lora_alpha=float(config.get("lora_alpha", 8)),  # PEFT's default
-            r=int(r) if r is not None else None,
-            rank_pattern={str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()},
-            alpha_pattern={str(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
-            use_rslora=bool(config.get("use_rslora", False)),
+            lora_alpha=json_field(config, "lora_alpha", float, source, LoraError, 8.0),  # PEFT's default
+            r=json_field(config, "r", int, source, LoraError, None, (1, MAX_RANK)),
+            rank_pattern=_patterns(config, "rank_pattern", int, source, (1, MAX_RANK)),
+            alpha_pattern=_patterns(config, "alpha_pattern", float, source, None),
+            use_rslora=json_field(config, "use_rslora", bool, source, LoraError, False),
             source=source,
         )
 
@@ -68,16 +66,33 @@ class PeftSettings:
         whose weights have rank ``rank``; raises LoraError when the config's rank for it disagrees."""
         r = _pattern_value(self.rank_pattern, module, self.r)
         if r is not None and r != rank:
-            raise LoraError(f"{self.source}: says r={r} for {module!r} but its lora_A/lora_B have rank {rank}")
+            raise LoraError(f"{self.source}: says r={r} for {short(module)!r} but its lora_A/lora_B have rank {rank}")
         alpha = _pattern_value(self.alpha_pattern, module, self.lora_alpha)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
 
 
+def _patterns(config: dict, key: str, kind: type, source: str, limits: tuple[int, int] | None) -> dict:
+    """``rank_pattern``/``alpha_pattern`` as PEFT writes them: {module name or its last dotted components: value}.
+
+    Keys are names, never regular expressions: one that is not a dotted name is refused rather than compiled.
+    """
+    patterns = json_field(config, key, dict, source, LoraError, {})
+    if len(patterns) > MAX_PATTERNS:
+        raise LoraError(f"{source}: {key} has {len(patterns)} entries, more than {MAX_PATTERNS}")
+    for name in patterns:
+        if not _MODULE_NAME.fullmatch(name):
+            raise LoraError(
+                f"{source}: {key} key {short(name, 60)!r} is not a module name (dotted letters, digits and _); "
+                "regular-expression patterns are not supported"
+            )
+    return {name: json_field(patterns, name, kind, f"{source} ({key})", LoraError, None, limits) for name in patterns}
+
+
 def _pattern_value(patterns: dict, module: str, default):
-    """The value of the first pattern that matches the end of ``module`` (whole dotted components or a regex),
-    as PEFT matches ``rank_pattern``/``alpha_pattern``; ``default`` when none does."""
+    """The value of the first pattern that is ``module`` or its last whole dotted components (how PEFT matches
+    ``rank_pattern``/``alpha_pattern`` names); ``default`` when none is."""
     for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
+        if module == pattern or module.endswith("." + pattern):
             return value
     return default
 
@@ -107,22 +122,12 @@ def read_lora(path: str | Path) -> RawLora:
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and (safetensors only) header metadata of one file."""
     if path.suffix in SAFETENSORS_SUFFIXES:
-        try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            return safetensors.torch.load_file(str(path)), metadata
-        except (safetensors.SafetensorError, OSError) as e:
-            raise LoraError(f"{path}: cannot read as safetensors: {e}") from e
+        return read_safetensors(path, LoraError)
     if path.suffix in TORCH_SUFFIXES:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError) as e:
-            raise LoraError(f"{path}: cannot read as a torch file (weights_only=True): {e}") from e
-        if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-            raise LoraError(f"{path}: expected a flat dict of tensors, found {type(data).__name__}")
-        return data, {}
+        return read_torch(path, LoraError), {}
     raise LoraError(
-        f"{path}: unknown LoRA file type {path.suffix!r}; expected one of {SAFETENSORS_SUFFIXES + TORCH_SUFFIXES}"
+        f"{path}: unknown LoRA file type {short(path.suffix, 20)!r}; expected one of "
+        f"{SAFETENSORS_SUFFIXES + TORCH_SUFFIXES}"
     )
 
 
@@ -131,9 +136,10 @@ def _read_peft_folder(folder: Path) -> RawLora:
     weights = next((folder / name for name in PEFT_WEIGHTS if (folder / name).is_file()), None)
     config = folder / PEFT_CONFIG
     if weights is None or not config.is_file():
-        found = sorted(p.name for p in folder.iterdir())[:20]
+        found = sorted(p.name for p in folder.iterdir())
         raise LoraError(
-            f"{folder}: not a PEFT adapter folder: need {PEFT_CONFIG} and one of {PEFT_WEIGHTS}, found {found}"
+            f"{folder}: not a PEFT adapter folder: need {PEFT_CONFIG} and one of {PEFT_WEIGHTS}, "
+            f"found {listing(found, 8)}"
         )
     tensors, _ = _read_tensors(weights)
     return RawLora(str(folder), tensors, _read_config(config))
@@ -141,13 +147,7 @@ def _read_peft_folder(folder: Path) -> RawLora:
 
 def _read_config(config: Path) -> PeftSettings:
     """Settings from an ``adapter_config.json``."""
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoraError(f"{config}: cannot read the PEFT config: {e}") from e
-    if not isinstance(data, dict):
-        raise LoraError(f"{config}: expected a JSON object, found {type(data).__name__}")
-    return PeftSettings.from_dict(data, str(config))
+    return PeftSettings.from_dict(read_json(config, LoraError), str(config))
 
 
 def _settings_from_metadata(metadata: dict[str, str], path: Path) -> PeftSettings | None:
@@ -156,17 +156,16 @@ def _settings_from_metadata(metadata: dict[str, str], path: Path) -> PeftSetting
     text = metadata.get(METADATA_KEY)
     if not text:
         return None
-    try:
-        packed = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LoraError(f"{path}: the {METADATA_KEY!r} header entry is not JSON: {e}") from e
+    packed = parse_json(text, f"{path} ({METADATA_KEY})", LoraError)
     groups: dict[str, dict] = {}
     for key, value in packed.items():
         prefix, _, name = key.partition(".") if "." in key else ("", "", key)
         groups.setdefault(prefix, {})[name] = value
     components = [p for p in groups if p in ("", "transformer", "unet")]
     if len(components) != 1:
-        raise LoraError(f"{path}: {METADATA_KEY!r} holds settings for {sorted(groups)}; expected one transformer")
+        raise LoraError(
+            f"{path}: {METADATA_KEY!r} holds settings for {listing(sorted(groups), 4)}; expected one transformer"
+        )
     return PeftSettings.from_dict(groups[components[0]], f"{path} ({METADATA_KEY})")
 
 

@@ -16,7 +16,14 @@ from __future__ import annotations
 import functools
 import re
 
-from ..checkpoints.keymap import ModuleTarget, diffusers_module_names, diffusers_module_target
+from ..checkpoints.keymap import (
+    COMFYUI_PREFIX,
+    DIFFUSION_MODEL_PREFIX,
+    PIPELINE_PREFIX,
+    ModuleTarget,
+    diffusers_module_names,
+    diffusers_module_target,
+)
 
 DOWN, UP, ALPHA = "down", "up", "alpha"
 
@@ -45,7 +52,7 @@ UNSUPPORTED = (
     ("lokr_", "LoKr is not supported"),
 )
 
-PREFIXES = ("base_model.model.", "transformer.", "unet.", "model.diffusion_model.", "diffusion_model.")
+PREFIXES = ("base_model.model.", PIPELINE_PREFIX, "unet.", COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX)
 UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")
 
 # Linear/conv modules of our model (official names) that a LoRA may update. {i} is a block index.
@@ -75,7 +82,7 @@ _PROCESSOR = re.compile(r"^(.*\.attn[12])\.processor\.(to_q|to_k|to_v|to_out)(?:
 
 def _template_regex(template: str, separator: str) -> re.Pattern:
     """``blocks.{i}.attn.qkv`` -> a regex for that name with ``separator`` between components."""
-    parts = [r"(\d+)" if part == "{i}" else re.escape(part) for part in template.split(".")]
+    parts = [r"(\d{1,9})" if part == "{i}" else re.escape(part) for part in template.split(".")]
     return re.compile("^" + re.escape(separator).join(parts) + "$")
 
 

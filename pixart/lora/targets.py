@@ -12,13 +12,13 @@ from pathlib import Path
 from torch import Tensor
 
 from ..checkpoints.keymap import ModuleTarget
-from .errors import LoraError
-from .files import PeftSettings, read_lora
+from ..errors import LoraError, short
+from .files import MAX_RANK, PeftSettings, read_lora
 from .keys import ALPHA, DOWN, UP, canonical_module, module_target, split_key, unsupported_reason
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED = 12  # problems listed in one error message
+MAX_LISTED = 6  # problems listed in one error message
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,12 @@ def parse_lora(tensors: Mapping[str, Tensor], path: str = "<LoRA>", settings: Pe
         target = module_target(module)
         if DOWN not in parts or UP not in parts:
             have = sorted(parts)
-            problems.append(f"{module!r} has {have} but needs both lora down (A) and up (B) weights")
+            problems.append(f"{short(module)!r} has {have} but needs both lora down (A) and up (B) weights")
             continue
         spot = (target.module, target.chunk, target.chunks)
         if spot in seen:
             part = f"part {target.chunk + 1} of {target.chunks} of " if target.chunks > 1 else ""
-            problems.append(f"{module!r} and {seen[spot]!r} both update {part}{target.module}")
+            problems.append(f"{short(module)!r} and {short(seen[spot])!r} both update {part}{short(target.module)}")
             continue
         seen[spot] = module
         try:
@@ -110,11 +110,11 @@ def _group_keys(tensors: Mapping[str, Tensor]) -> tuple[dict[str, dict[str, Tens
         module, role = split_key(key)
         module = canonical_module(module)
         if not role:
-            problems.append(f"{key!r}: {unsupported_reason(key)}")
+            problems.append(f"{short(key)!r}: {unsupported_reason(key)}")
         elif module_target(module) is None:
-            problems.append(f"{key!r}: {module!r} is not a PixArt linear layer")
+            problems.append(f"{short(key)!r}: {short(module, 60)!r} is not a PixArt linear layer")
         elif role in groups.get(module, {}):
-            problems.append(f"{key!r}: a second {role} tensor for {module!r}")
+            problems.append(f"{short(key)!r}: a second {role} tensor for {short(module)!r}")
         else:
             groups.setdefault(module, {})[role] = tensor
     return groups, problems
@@ -123,15 +123,26 @@ def _group_keys(tensors: Mapping[str, Tensor]) -> tuple[dict[str, dict[str, Tens
 def _target(module: str, target: ModuleTarget, parts: dict[str, Tensor], settings: PeftSettings | None) -> LoraTarget:
     """One LoraTarget from the down/up(/alpha) tensors of ``module``."""
     down, up = parts[DOWN], parts[UP]
-    if down.ndim < 2 or up.ndim < 2 or any(s != 1 for s in up.shape[2:]):
-        raise LoraError(f"{module!r}: down {tuple(down.shape)} / up {tuple(up.shape)} are not LoRA matrices")
+    name = short(module)
+    if down.ndim < 2 or up.ndim < 2 or any(s != 1 for s in up.shape[2:]) or not down.numel() or not up.numel():
+        raise LoraError(
+            f"{name!r}: down {short(tuple(down.shape), 60)} / up {short(tuple(up.shape), 60)} are not LoRA matrices "
+            "(expected non-empty (r, in) and (rows, r))"
+        )
     if up.shape[1] != down.shape[0]:
         raise LoraError(
-            f"{module!r}: down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}"
+            f"{name!r}: down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}"
         )
     rank = down.shape[0]
+    if rank > MAX_RANK:
+        raise LoraError(f"{name!r}: rank {rank}, expected at most {MAX_RANK}")
     if ALPHA in parts:
-        scale = float(parts[ALPHA].float().reshape(-1)[0]) / rank
+        alpha = parts[ALPHA]
+        if alpha.numel() != 1 or alpha.dtype.is_complex or not math.isfinite(float(alpha.float().reshape(()))):
+            raise LoraError(
+                f"{name!r}: alpha is {short(tuple(alpha.shape), 40)} {alpha.dtype}, expected one finite number"
+            )
+        scale = float(alpha.float().reshape(())) / rank
     elif settings is not None:
         scale = settings.scale(module, rank)
     else:
@@ -170,7 +181,7 @@ def check_fit(lora: Lora, shapes: Mapping[str, Sequence[int]]) -> None:
 
 def _block_count(keys) -> int:
     """1 + the highest block index among official keys."""
-    return 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"^blocks\.(\d+)\.", k))), default=-1)
+    return 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"^blocks\.(\d{1,9})\.", k))), default=-1)
 
 
 def _describe(shapes: Mapping[str, Sequence[int]]) -> str:
