@@ -1,30 +1,36 @@
-"""ComfyUI nodes of PixArt Sigma (V1 node API); imported by the pack's top-level __init__.py inside ComfyUI only.
-
-Display names come from each class's ``TITLE``. The LoRA loader lives in its own file and is registered when present.
-"""
+"""ComfyUI nodes of PixArt Sigma (V3 node API, ``comfy_api.v0_0_2``); imported by the pack's top-level
+``__init__.py`` inside ComfyUI only, which hands ComfyUI :func:`comfy_entrypoint`."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 from .dit_loader import PixArtSigmaDiTLoader
+from .lora_loader import PixArtSigmaLoraLoader
+from .node_api import ComfyExtension, io
 from .resolution import PixArtSigmaResolution
 from .sampler import PixArtSigmaSampler
 from .t5_loader import PixArtSigmaT5Loader
 from .text_encode import PixArtSigmaTextEncode
 
-NODES: list[type] = [
+NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaT5Loader,
     PixArtSigmaTextEncode,
     PixArtSigmaDiTLoader,
     PixArtSigmaSampler,
     PixArtSigmaResolution,
+    PixArtSigmaLoraLoader,
 ]
-if (Path(__file__).parent / "lora_loader.py").is_file():
-    NODES.append(importlib.import_module(".lora_loader", __name__).PixArtSigmaLoraLoader)
 
-NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}
-NODE_DISPLAY_NAME_MAPPINGS = {node.__name__: node.TITLE for node in NODES}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+class PixArtSigmaExtension(ComfyExtension):
+    """The pack's node list for ComfyUI."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> PixArtSigmaExtension:
+    """ComfyUI's V3 entry point."""
+    return PixArtSigmaExtension()
+
+
+__all__ = ["NODES", "PixArtSigmaExtension", "comfy_entrypoint"]

@@ -1,4 +1,4 @@
-"""PixArt-Σ/α as a ComfyUI model: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a ``ModelPatcher``.
+"""PixArt-Sigma/alpha as a ComfyUI model: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a ``ModelPatcher``.
 
 ComfyUI's samplers, memory management, previews and interrupts then treat it like any built-in model. Imports
 ComfyUI, so the nodes import this module only when they run.
@@ -14,32 +14,46 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-import pixart
-from pixart.attention import sdpa_attention
-from pixart.text_encoder import check_caption_width
-
+from ..pixart import CheckpointError, KVCompress, PixArtTransformer, parse_layers, read_checkpoint
+from ..pixart.attention import sdpa_attention
+from ..pixart.text_encoder import check_caption_width
+from .comfy_blocks import comfy_block_hook
 from .common import check_latent, pad_caption
 
 log = logging.getLogger(__name__)
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 
+def backend_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, backend):
+    """The ``pixart`` attention contract on one ComfyUI attention function (``optimized_attention`` or an
+    ``attention_*`` of ``comfy.ldm.modules.attention``).
+
+    Args:
+        q: (B, h, N, d); k, v: (B, h, N', d) (N' < N with KV compression); bias: None or (B, 1, 1, N') additive
+            caption-mask bias (0 keep, -inf drop).
+    Returns:
+        (B, h, N, d).
+    """
+    b, heads, n, d = q.shape
+    bias = None if bias is None else bias.to(q.dtype)
+    out = backend(q, k, v, heads, mask=bias, skip_reshape=True)  # (B, N, h*d)
+    return out.reshape(b, n, heads, d).transpose(1, 2)
+
+
 def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The ``pixart`` attention contract on ComfyUI's ``optimized_attention`` (the user's backend): (B, h, N, d) in
-    and out. On CPU torch's fused SDPA kernel is used instead: ComfyUI's CPU default there is its Python
+    """The attention the nodes use: ComfyUI's ``optimized_attention`` (the user's backend) through
+    ``backend_attention``. On CPU torch's fused SDPA kernel is used instead: ComfyUI's CPU default there is its Python
     sub-quadratic attention, which makes a whole forward several times slower (scripts/bench_dit.py)."""
     if q.device.type == "cpu":
         return sdpa_attention(q, k, v, bias)
-    b, heads, n, d = q.shape
-    bias = None if bias is None else bias.to(q.dtype)
-    out = comfy_attention.optimized_attention(q, k, v, heads, mask=bias, skip_reshape=True)  # (B, N, h·d)
-    return out.view(b, n, heads, d).transpose(1, 2)
+    return backend_attention(q, k, v, bias, comfy_attention.optimized_attention)
 
 
-class ComfyPixArtTransformer(pixart.PixArtTransformer):
+class ComfyPixArtTransformer(PixArtTransformer):
     """The DiT with ComfyUI's call signature; returns epsilon only (the learned variance is not used)."""
 
     def __init__(self, pixart_config, kv_compress=None, dtype=None, device=None, operations=None, **_unused):
@@ -48,16 +62,31 @@ class ComfyPixArtTransformer(pixart.PixArtTransformer):
         super().__init__(pixart_config, kv_compress, dtype, device, operations, attention=comfy_attention_fn)
         self.dtype = dtype  # read by BaseModel.get_dtype()
 
-    def forward(self, x, timesteps, context, caption_mask=None, c_size=None, c_ar=None, **_unused):
+    def forward(
+        self, x, timesteps, context, caption_mask=None, c_size=None, c_ar=None, transformer_options=None, **kwargs
+    ):
+        """ComfyUI's call: runs ``_forward`` through the ``DIFFUSION_MODEL`` wrappers in ``transformer_options``
+        (EasyCache and other stock nodes), as ComfyUI's own DiTs do."""
+        transformer_options = {} if transformer_options is None else transformer_options
+        wrappers = comfy.patcher_extension.get_all_wrappers(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
+        )
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers)
+        return executor.execute(x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **kwargs)
+
+    def _forward(self, x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **_unused):
+        """(B, C_in, H, W) latents, (B,) timesteps, (B, L, C_caption) caption -> (B, C_in, H, W) epsilon. Keyword
+        arguments of ComfyUI that PixArt has no use for (``control``, ...) are ignored."""
         cfg = self.config
         check_latent(cfg, tuple(x.shape), "PixArt Sigma")
         check_caption_width(context.shape[-1], cfg.caption_channels)
-        out = super().forward(x, timesteps, context, caption_mask, resolution=c_size, aspect_ratio=c_ar)
+        hook = comfy_block_hook(self.blocks, dict(transformer_options))
+        out = super().forward(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=[hook])
         return out[:, : cfg.in_channels]
 
 
 class PixArtSigmaConfig(comfy.supported_models_base.BASE):
-    """ComfyUI model config of PixArt-Σ: SDXL latents; EPS with linear betas 1e-4..0.02 (``sqrt_linear`` here)."""
+    """ComfyUI model config of PixArt-Sigma: SDXL latents; EPS with linear betas 1e-4..0.02 (``sqrt_linear`` here)."""
 
     unet_config: dict = {}
     unet_extra_config: dict = {}
@@ -68,13 +97,13 @@ class PixArtSigmaConfig(comfy.supported_models_base.BASE):
 
 
 class PixArtAlphaConfig(PixArtSigmaConfig):
-    """PixArt-α: as Σ, with SD1.5 latents."""
+    """PixArt-alpha: as Sigma, with SD1.5 latents."""
 
     latent_format = comfy.latent_formats.SD15
 
 
 class PixArtModel(comfy.model_base.BaseModel):
-    """ComfyUI model: passes the padded caption, its mask and (α) the size micro-conditions to the DiT."""
+    """ComfyUI model: passes the padded caption, its mask and (alpha) the size micro-conditions to the DiT."""
 
     def __init__(self, model_config, device=None):
         EPS = comfy.model_base.ModelType.EPS  # noqa: N806
@@ -95,19 +124,24 @@ class PixArtModel(comfy.model_base.BaseModel):
         return out
 
 
-def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv=None):
+def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv=None, disable_dynamic=False):
     """Read a PixArt checkpoint and wrap it for ComfyUI.
+
+    The patcher remembers this call (``cached_patcher_init``), so ComfyUI 0.33 can load a fresh copy of the model
+    for each GPU of its MultiGPU CFG split (``ModelPatcher.deepclone_multigpu``).
 
     Args:
         weight_dtype: None lets ComfyUI choose for the device.
         kv: None, or (mode, factor, layers) with layers None (second half of the blocks) or text like "14-27".
+        disable_dynamic: passed by ComfyUI when it calls the remembered loader; the patcher is always a plain
+            ``ModelPatcher``, so it changes nothing.
     """
-    state_dict, config = pixart.read_checkpoint(path, variant)
+    state_dict, config = read_checkpoint(path, variant)
     kv_compress = None
     if kv is not None:
         mode, factor, layers = kv
-        layers = None if layers is None else pixart.parse_layers(layers, config.depth)
-        kv_compress = pixart.KVCompress(mode, factor, layers)
+        layers = None if layers is None else parse_layers(layers, config.depth)
+        kv_compress = KVCompress(mode, factor, layers)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     if weight_dtype is None:
         params = sum(t.numel() for t in state_dict.values())
@@ -120,7 +154,7 @@ def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv
     model = PixArtModel(model_config)
     missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise pixart.CheckpointError(f"{path}: weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise CheckpointError(f"{path}: weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
     log.info(
         "PixArt DiT loaded from %s: %s; weights %s, compute %s, KV %s",
         path,
@@ -129,4 +163,6 @@ def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv
         manual_cast,
         kv_compress,
     )
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.cached_patcher_init = (load_model, (path, variant, weight_dtype, kv))
+    return patcher

@@ -1,4 +1,4 @@
-"""Shared bits of the nodes: categories, input specs, model-file lookup, input checks, caption padding.
+"""Shared bits of the nodes: the category, model-file lookup, input checks, caption padding.
 
 No ComfyUI imports at module level, so tests can import it without ComfyUI."""
 
@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 
 import torch
 import torch.nn.functional as F
 
-CATEGORY = "PixArt-Σ"
-T5_TYPE = "PIXART_T5"  # the T5 encoder passed from PixArtSigmaT5Loader to PixArtSigmaTextEncode
+CATEGORY = "PixArt-Sigma"
 
 # Files that mark a folder as a loadable model folder (Hugging Face / diffusers layouts).
 FOLDER_MARKERS = ("config.json", "model_index.json", "transformer/config.json", "text_encoder/config.json")
@@ -60,22 +59,34 @@ def model_choices(kinds: Iterable[str]) -> list[str]:
     return sorted(files | folders, key=str.lower)
 
 
-def find_model(kinds: Iterable[str], name: str) -> Path:
-    """The file or folder ``name`` (as listed by :func:`model_choices`) in the first ComfyUI models folder holding it.
+def find_in_folders(bases: Iterable[str | os.PathLike], name: str, what: str = "model", any_kind: bool = False) -> Path:
+    """The file or folder ``name`` (relative, as ComfyUI lists it; a trailing ``/`` means a folder unless
+    ``any_kind``) in the first of ``bases`` holding it, with symlinks resolved.
 
-    Raises FileNotFoundError naming the folders searched; names leaving their folder (``..``) are refused."""
+    ``name`` itself must stay inside its folder (no ``..``, not absolute); what lies in the folder is the user's,
+    so a file or folder symlinked into it loads, as ComfyUI's own loaders load it.
+    Raises FileNotFoundError naming the folders searched, or saying why the name is refused."""
+    bases = [Path(base) for base in bases]
+    parts = PurePath(name.rstrip("/")).parts
+    if not parts or PurePath(name).is_absolute() or PureWindowsPath(name).drive or ".." in parts:
+        raise FileNotFoundError(f"{what} {name!r} not found: names must stay inside their models folder")
+    want_dir = name.endswith("/")
+    for base in bases:
+        path = base.joinpath(*parts)
+        if path.exists() if any_kind else path.is_dir() if want_dir else path.is_file():
+            return path.resolve()
+    searched = [str(base) for base in bases]
+    raise FileNotFoundError(
+        f"{what} {name!r} not found in models folders {searched}; put it there and press R to refresh"
+    )
+
+
+def find_model(kinds: Iterable[str], name: str) -> Path:
+    """The file or folder ``name`` (as listed by :func:`model_choices`) in the first ComfyUI models folder of
+    ``kinds`` holding it (see :func:`find_in_folders`)."""
     import folder_paths
 
-    kinds = list(kinds)
-    searched = []
-    for kind in kinds:
-        for base in folder_paths.get_folder_paths(kind):
-            base = Path(base).resolve()
-            path = (base / name.rstrip("/")).resolve()
-            searched.append(str(base))
-            if base in path.parents and (path.is_dir() if name.endswith("/") else path.is_file()):
-                return path
-    raise FileNotFoundError(f"{name!r} not found in models folders {searched}; put it there and press R to refresh")
+    return find_in_folders([base for kind in kinds for base in folder_paths.get_folder_paths(kind)], name)
 
 
 def pick(options: dict, choice: str, what: str):
@@ -91,11 +102,6 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
     if name is not None and not hasattr(torch, name):
         raise ValueError(f"this PyTorch ({torch.__version__}) has no {name}; pick another dtype")
     return None if name is None else getattr(torch, name)
-
-
-def spec(kind, tooltip: str, **options) -> tuple:
-    """One INPUT_TYPES entry: ``(type or list of choices, {options, tooltip})``."""
-    return (kind, {**options, "tooltip": tooltip})
 
 
 def check_latent(config, shape: tuple[int, ...], who: str) -> None:
@@ -115,7 +121,7 @@ def check_latent(config, shape: tuple[int, ...], who: str) -> None:
 
 
 def pad_caption(caption: torch.Tensor, mask: torch.Tensor | None, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad (B, L, C) caption states to a multiple of ``tokens`` (300 Σ, 120 α) and build the (B, L') 0/1 mask.
+    """Zero-pad (B, L, C) caption states to a multiple of ``tokens`` (300 Sigma, 120 alpha); build the (B, L') mask.
 
     Every given token is attended unless ``mask`` (a conditioning's ``attention_mask``, (B or 1, M)) says otherwise,
     so maskless conditioning (ComfyUI's CLIPTextEncode) works. The fixed length lets cond and uncond batch."""

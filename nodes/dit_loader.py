@@ -1,81 +1,120 @@
-"""PixArt Sigma DiT Loader: a PixArt-Σ/α transformer as a ComfyUI MODEL, with optional KV compression."""
+"""PixArt Sigma DiT Loader: a PixArt-Sigma/alpha transformer as a ComfyUI MODEL, with optional KV compression."""
 
 from __future__ import annotations
 
-import pixart
-
-from .common import CATEGORY, find_model, model_choices, pick, spec, torch_dtype
+from ..pixart import VARIANTS, parse_layers
+from .common import find_model, model_choices, pick, torch_dtype
+from .node_api import CATEGORY, choice_problem, io, schema
 
 DIT_KINDS = ("diffusion_models", "checkpoints")
 DIT_DTYPES = {"default": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DIT_DTYPES |= {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
-KV_MODES = ("off", "avgpool", "uniform", "ave", "conv")
+KV_CHOICES = ("off", "avgpool", "uniform", "ave", "conv")  # shipped order: "off" and pixart's KV_MODES
+KV_FACTOR = {"default": 2, "min": 2, "max": 8, "step": 1}
+# parse_layers checks the syntax against this many blocks; the real range is checked against the loaded model.
+SYNTAX_DEPTH = 1 << 16
 
 
-class PixArtSigmaDiTLoader:
-    """Loads a PixArt-Σ/α transformer as a ComfyUI MODEL, with optional KV token compression."""
+def kv_setting(kv_compress: str, kv_factor: int, kv_layers: str):
+    """None (off) or (mode, factor, layers text or None for the second half) for ``load_model``."""
+    if kv_compress == "off":
+        return None
+    return (kv_compress, kv_factor, None if kv_layers.strip().lower() in ("", "auto") else kv_layers)
 
-    TITLE = "PixArt Sigma DiT Loader"
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The PixArt Sigma diffusion model, for PixArt Sigma Sampler, KSampler or any MODEL input.",)
-    DESCRIPTION = (
-        "PixArt Sigma DiT Loader: loads a PixArt-Sigma or PixArt-alpha transformer from models/diffusion_models or "
-        "models/checkpoints (official .pth, .safetensors with official, diffusers or ComfyUI keys, or a diffusers "
-        "folder). KV compression shrinks the keys and values of self-attention for large images (2K, 4K)."
-    )
+
+def kv_problem(kv_compress, kv_layers) -> str | None:
+    """Why the KV settings cannot work before anything is loaded, else None (None values are links)."""
+    problem = choice_problem("kv_compress", kv_compress, KV_CHOICES)
+    if problem is not None or kv_compress in (None, "off") or kv_layers is None:
+        return problem
+    layers = kv_setting(kv_compress, KV_FACTOR["default"], kv_layers)[2]
+    if layers is None:
+        return None
+    try:
+        parse_layers(layers, SYNTAX_DEPTH)
+    except ValueError as e:
+        return f"kv_layers: {e}"
+    return None
+
+
+class PixArtSigmaDiTLoader(io.ComfyNode):
+    """Loads a PixArt-Sigma/alpha transformer as a ComfyUI MODEL, with optional KV token compression."""
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802
-        return {
-            "required": {
-                "ckpt_name": spec(
-                    model_choices(DIT_KINDS),
-                    "PixArt transformer file, or diffusers folder (name/), in models/diffusion_models or checkpoints.",
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="PixArtSigmaDiTLoader",
+            display_name="PixArt Sigma DiT Loader",
+            category=CATEGORY,
+            search_aliases=["pixart checkpoint", "pixart unet", "kv compression"],
+            description=(
+                "PixArt Sigma DiT Loader: loads a PixArt-Sigma or PixArt-alpha transformer from "
+                "models/diffusion_models or models/checkpoints (official .pth, .safetensors with official, diffusers "
+                "or ComfyUI keys, or a diffusers folder). KV compression shrinks the keys and values of "
+                "self-attention for large images (2K, 4K)."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=model_choices(DIT_KINDS),
+                    tooltip="PixArt transformer file, or diffusers folder (name/), in models/diffusion_models or "
+                    "checkpoints.",
                 ),
-                "variant": spec(
-                    ["auto", *pixart.VARIANTS],
-                    "auto reads the architecture from the file; pick a preset (e.g. sigma-2k) when the file does not "
-                    "record its base resolution.",
+                io.Combo.Input(
+                    "variant",
+                    options=["auto", *VARIANTS],
                     default="auto",
+                    tooltip="auto reads the architecture from the file; pick a preset (e.g. sigma-2k) when the file "
+                    "does not record its base resolution.",
                 ),
-                "weight_dtype": spec(
-                    list(DIT_DTYPES),
-                    "Weight precision; default lets ComfyUI choose for the device. fp8_* halve fp16's memory and "
-                    "compute in a higher precision.",
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(DIT_DTYPES),
                     default="default",
+                    tooltip="Weight precision; default lets ComfyUI choose for the device. fp8_* halve fp16's memory "
+                    "and compute in a higher precision.",
                 ),
-                "kv_compress": spec(
-                    list(KV_MODES),
-                    "KV token compression in self-attention: off; avgpool (mean of each factor x factor window, "
-                    "training-free); uniform (every factor-th token); ave (nearest resize); conv (needs a checkpoint "
-                    "with trained KV-compression weights).",
+                io.Combo.Input(
+                    "kv_compress",
+                    options=list(KV_CHOICES),
                     default="off",
+                    tooltip="KV token compression in self-attention: off; avgpool (mean of each factor x factor "
+                    "window, training-free); uniform (every factor-th token); ave (nearest resize); conv (needs a "
+                    "checkpoint with trained KV-compression weights).",
                 ),
-                "kv_factor": spec(
-                    "INT",
-                    "Compression factor per side, 2 to 8: keys and values shrink by factor^2 in the chosen blocks. "
-                    "Ignored when kv_compress is off.",
-                    default=2,
-                    min=2,
-                    max=8,
-                    step=1,
+                io.Int.Input(
+                    "kv_factor",
+                    **KV_FACTOR,
+                    tooltip="Compression factor per side, 2 to 8: keys and values shrink by factor^2 in the chosen "
+                    "blocks. Ignored when kv_compress is off.",
                 ),
-                "kv_layers": spec(
-                    "STRING",
-                    "Blocks to compress: auto = second half (14-27 of 28, the official setting), or a list like "
-                    "'14-27', '0,2,4-6', 'all'. Ignored when kv_compress is off.",
+                io.String.Input(
+                    "kv_layers",
                     default="auto",
+                    tooltip="Blocks to compress: auto = second half (14-27 of 28, the official setting), or a list "
+                    "like '14-27', '0,2,4-6', 'all'. Ignored when kv_compress is off.",
                 ),
-            }
-        }
+            ],
+            outputs=[
+                io.Model.Output(
+                    tooltip="The PixArt Sigma diffusion model, for PixArt Sigma Sampler, KSampler or any MODEL input."
+                )
+            ],
+        )
 
-    def load(self, ckpt_name, variant, weight_dtype, kv_compress, kv_factor, kv_layers):
+    @classmethod
+    def validate_inputs(cls, kv_compress=None, kv_layers=None) -> bool | str:
+        """kv_layers syntax and the kv_compress choice, before the prompt runs (ComfyUI keeps checking the rest)."""
+        problem = kv_problem(kv_compress, kv_layers)
+        return True if problem is None else f"PixArt Sigma DiT Loader: {problem}"
+
+    @classmethod
+    def execute(cls, ckpt_name, variant, weight_dtype, kv_compress, kv_factor, kv_layers) -> io.NodeOutput:
         from .comfy_model import load_model
 
-        kv = None
-        if kv_compress != "off":
-            kv = (kv_compress, kv_factor, None if kv_layers.strip().lower() in ("", "auto") else kv_layers)
+        problem = kv_problem(kv_compress, kv_layers)
+        if problem is not None:
+            raise ValueError(f"PixArt Sigma DiT Loader: {problem}")
         dtype = torch_dtype(pick(DIT_DTYPES, weight_dtype, "PixArt Sigma DiT Loader weight_dtype"))
-        return (load_model(find_model(DIT_KINDS, ckpt_name), variant, dtype, kv),)
+        kv = kv_setting(kv_compress, kv_factor, kv_layers)
+        return io.NodeOutput(load_model(find_model(DIT_KINDS, ckpt_name), variant, dtype, kv))

@@ -7,21 +7,24 @@ weights (``attn.qkv``, ``cross_attn.kv_linear``) get row-offset patches ``(key, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from pixart.lora import Lora, LoraError, check_fit, load_lora
-
-from .common import CATEGORY, spec
+from ..pixart.lora import Lora, LoraError, check_fit, load_lora
+from ..pixart.lora.files import PEFT_CONFIG, PEFT_WEIGHTS
+from .common import find_in_folders
+from .node_api import CATEGORY, check_number, io, number_problem, schema
 
 log = logging.getLogger(__name__)
 
 PREFIX = "diffusion_model."  # where ComfyUI's model_base keeps the DiT's weights
 PROBE_KEY = "blocks.0.attn.qkv.weight"  # present in every PixArt DiT (ours and ComfyUI's built-in one)
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+CACHED_LORAS = 4  # parsed LoRAs kept between runs, keyed by path and modification time
+WHO = "PixArt Sigma LoRA Loader"
 
 
 def peft_folders(base: str | Path) -> list[str]:
@@ -43,16 +46,27 @@ def lora_choices(files: Iterable[str], bases: Iterable[str | Path]) -> list[str]
 
 def find_lora(name: str, bases: Iterable[str | Path]) -> Path:
     """The file or PEFT folder ``name`` (relative, as listed by ``lora_choices``) in the first base holding it;
-    names that leave their base (``..``, absolute paths) are refused."""
-    bases = list(bases)
-    for base in bases:
-        base = Path(base).resolve()
-        path = (base / name.rstrip("/")).resolve()
-        if base not in path.parents:
-            continue
-        if path.exists():
-            return path
-    raise LoraError(f"LoRA {name!r} not found in {[str(b) for b in bases]}")
+    names that leave their base (``..``, absolute paths) are refused; files symlinked into a base load."""
+    try:
+        return find_in_folders(bases, name, "LoRA", any_kind=True)
+    except FileNotFoundError as e:
+        raise LoraError(str(e)) from e
+
+
+def file_stamp(path: Path) -> tuple[str, float]:
+    """(path, newest modification time of the file or of the folder and its files): changes when the LoRA does."""
+    files = [path, *path.iterdir()] if path.is_dir() else [path]
+    return str(path), max(f.stat().st_mtime for f in files)
+
+
+@functools.lru_cache(maxsize=CACHED_LORAS)
+def _parsed_lora(path: str, _mtime: float) -> Lora:
+    return load_lora(Path(path))
+
+
+def cached_lora(path: Path) -> Lora:
+    """The parsed LoRA at ``path``, reused while the file (or folder) is unchanged; a few are kept."""
+    return _parsed_lora(*file_stamp(path))
 
 
 def comfy_patches(lora: Lora, prefix: str = PREFIX) -> dict:
@@ -80,59 +94,79 @@ def model_shapes(model, prefix: str = PREFIX) -> dict[str, tuple[int, ...]]:
     if PROBE_KEY not in shapes:
         kind = type(getattr(model, "model", model)).__name__
         raise LoraError(
-            f"PixArt Sigma LoRA Loader: the MODEL ({kind}) is not a PixArt DiT (no {prefix}{PROBE_KEY}); "
+            f"{WHO}: the MODEL ({kind}) is not a PixArt DiT (no {prefix}{PROBE_KEY}); "
             "load it with PixArt Sigma DiT Loader or UNETLoader"
         )
     return shapes
 
 
-class PixArtSigmaLoraLoader:
+class PixArtSigmaLoraLoader(io.ComfyNode):
     """Applies a PixArt LoRA (diffusers, PEFT, kohya or official names) to a PixArt MODEL."""
 
-    TITLE = "PixArt Sigma LoRA Loader"
-    CATEGORY = CATEGORY
-    FUNCTION = "load_lora"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The PixArt Sigma model with the LoRA patched in (the input model is left unchanged).",)
-    DESCRIPTION = (
-        "PixArt Sigma LoRA Loader: applies a LoRA for PixArt-Σ / PixArt-α to the DiT. Reads files in models/loras "
-        "(diffusers, PEFT, kohya or official PixArt key names) and PEFT adapter folders (adapter_config.json + "
-        "adapter_model.safetensors). Stops with an error naming the keys when the LoRA does not fit the model."
-    )
-
-    def __init__(self) -> None:
-        self._cache: tuple[tuple[str, float], Lora] | None = None
-
     @classmethod
-    def INPUT_TYPES(cls) -> dict:  # noqa: N802 (ComfyUI's name)
+    def define_schema(cls) -> io.Schema:
         import folder_paths
 
         names = lora_choices(folder_paths.get_filename_list("loras"), folder_paths.get_folder_paths("loras"))
-        return {
-            "required": {
-                "model": spec("MODEL", "PixArt Sigma (or PixArt-alpha) DiT to apply the LoRA to."),
-                "lora_name": spec(names, "LoRA file, or PEFT adapter folder (name/), in models/loras."),
-                "strength": spec(
-                    "FLOAT",
-                    "Multiplier of the LoRA update, -10 to 10: 0 = off, 1 = as trained, negative values push away "
-                    "from what the LoRA learned.",
-                    default=1.0,
-                    min=-10.0,
-                    max=10.0,
-                    step=0.01,
+        return schema(
+            node_id="PixArtSigmaLoraLoader",
+            display_name="PixArt Sigma LoRA Loader",
+            category=CATEGORY,
+            search_aliases=["pixart lora", "peft adapter"],
+            description=(
+                "PixArt Sigma LoRA Loader: applies a LoRA for PixArt-Sigma / PixArt-alpha to the DiT. Reads files in "
+                "models/loras (diffusers, PEFT, kohya or official PixArt key names) and PEFT adapter folders "
+                "(adapter_config.json + adapter_model.safetensors). Stops with an error naming the keys when the "
+                "LoRA does not fit the model."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="PixArt Sigma (or PixArt-alpha) DiT to apply the LoRA to."),
+                io.Combo.Input(
+                    "lora_name", options=names, tooltip="LoRA file, or PEFT adapter folder (name/), in models/loras."
                 ),
-            }
-        }
+                io.Float.Input(
+                    "strength",
+                    **STRENGTH,
+                    tooltip="Multiplier of the LoRA update, -10 to 10: 0 = off, 1 = as trained, negative values push "
+                    "away from what the LoRA learned.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    tooltip="The PixArt Sigma model with the LoRA patched in (the input model is left unchanged)."
+                )
+            ],
+        )
 
-    def load_lora(self, model, lora_name: str, strength: float) -> tuple:
+    @classmethod
+    def fingerprint_inputs(cls, model=None, lora_name=None, strength=None):
+        """The LoRA file's path and modification time, so that a changed file runs the node again."""
+        import folder_paths
+
+        if not isinstance(lora_name, str):
+            return None  # linked from another node
+        try:
+            return file_stamp(find_lora(lora_name, folder_paths.get_folder_paths("loras")))
+        except (LoraError, OSError):
+            return lora_name  # the error is reported when the node runs
+
+    @classmethod
+    def validate_inputs(cls, strength=None) -> bool | str:
+        """A non-finite or out-of-range strength, before the prompt runs (ComfyUI's own check lets NaN through)."""
+        problem = number_problem("strength", strength, STRENGTH["min"], STRENGTH["max"])
+        return True if problem is None else f"{WHO}: {problem}"
+
+    @classmethod
+    def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
         """Clone ``model`` and add the LoRA's patches at ``strength``."""
         import folder_paths
 
+        check_number(WHO, "strength", strength, STRENGTH["min"], STRENGTH["max"])
         path = find_lora(lora_name, folder_paths.get_folder_paths("loras"))
-        lora = self._load(path)
+        lora = cached_lora(path)
         check_fit(lora, model_shapes(model))
         if strength == 0:
-            return (model,)
+            return io.NodeOutput(model)
         patches = comfy_patches(lora)
         patched = model.clone()
         added = patched.add_patches(patches, strength)
@@ -140,12 +174,4 @@ class PixArtSigmaLoraLoader:
         if missing:
             raise LoraError(f"{path}: ComfyUI did not accept patches for {missing[:12]}")
         log.info("PixArt LoRA %s: %d patches at strength %g", path.name, len(added), strength)
-        return (patched,)
-
-    def _load(self, path: Path) -> Lora:
-        """The parsed LoRA, reused while the file (or folder) is unchanged."""
-        files = [path, *path.iterdir()] if path.is_dir() else [path]
-        stamp = (str(path), max(f.stat().st_mtime for f in files))
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, load_lora(path))
-        return self._cache[1]
+        return io.NodeOutput(patched)

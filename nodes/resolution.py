@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from pixart.aspect_ratios import ASPECT_RATIO_BINS, SIZE_MULTIPLE, bins, closest_bin, snap_size
-
-from .common import CATEGORY, spec
+from ..pixart.aspect_ratios import ASPECT_RATIO_BINS, SIZE_MULTIPLE, bins, closest_bin, snap_size
+from .memory import size_refusal
+from .node_api import CATEGORY, io, schema
 
 log = logging.getLogger(__name__)
 CUSTOM = "custom (width x height, snapped)"
 CLOSEST = "closest bin to width x height"
 BASE_CHOICES = ["1024", "2048", "512", "256", "4096"]
+SIZE = {"default": 1024, "min": 16, "max": 16384, "step": 8}
 
 
 def ratio_label(key: str) -> str:
@@ -41,59 +42,71 @@ def pick_size(base: int, aspect_ratio: str, width: int, height: int) -> tuple[in
     return w, h, f"bin {key} of base {base}: {w}x{h}"
 
 
-class PixArtSigmaResolution:
+class PixArtSigmaResolution(io.ComfyNode):
     """Width, height and an empty latent at a size PixArt was trained on."""
 
-    TITLE = "PixArt Sigma Resolution"
-    CATEGORY = CATEGORY
-    FUNCTION = "resolve"
-    RETURN_TYPES = ("LATENT", "INT", "INT", "STRING")
-    RETURN_NAMES = ("latent", "width", "height", "note")
-    OUTPUT_TOOLTIPS = (
-        "Empty 4-channel latent of the chosen size (batch_size images).",
-        "Image width in pixels.",
-        "Image height in pixels.",
-        "Where the size came from, and whether a custom size was snapped.",
-    )
-    DESCRIPTION = (
-        "PixArt Sigma Resolution: picks an image size from the aspect-ratio bins PixArt-Sigma/alpha were trained on "
-        "(base 256, 512, 1024, 2048, and a 4096 set for KV-compression experiments), or snaps a custom size to "
-        "multiples of 16 px, and makes the empty latent."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="PixArtSigmaResolution",
+            display_name="PixArt Sigma Resolution",
+            category=CATEGORY,
+            search_aliases=["pixart empty latent", "aspect ratio", "image size"],
+            description=(
+                "PixArt Sigma Resolution: picks an image size from the aspect-ratio bins PixArt-Sigma/alpha were "
+                "trained on (base 256, 512, 1024, 2048, and a 4096 set for KV-compression experiments), or snaps a "
+                "custom size to multiples of 16 px, and makes the empty latent."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "base",
+                    options=BASE_CHOICES,
+                    default="1024",
+                    tooltip="Base resolution in pixels: 1024 for Sigma-1024, 2048 for Sigma-2K, 512, 256; 4096 has no "
+                    "released model (try Sigma-2K with KV compression).",
+                ),
+                io.Combo.Input(
+                    "aspect_ratio",
+                    options=[*RATIO_LABELS, CLOSEST, CUSTOM],
+                    default=ratio_label("1.0"),
+                    tooltip="Height/width of a trained bin (landscape < 1 < portrait); or the bin closest to width x "
+                    "height; or width x height itself, rounded to multiples of 16 px.",
+                ),
+                io.Int.Input(
+                    "width", **SIZE, tooltip="Width in pixels, 16 to 16384; for the last two aspect_ratio choices."
+                ),
+                io.Int.Input(
+                    "height", **SIZE, tooltip="Height in pixels, 16 to 16384; for the last two aspect_ratio choices."
+                ),
+                io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="Number of images, 1 to 4096."),
+            ],
+            outputs=[
+                io.Latent.Output(
+                    "latent",
+                    display_name="latent",
+                    tooltip="Empty 4-channel latent of the chosen size (batch_size images).",
+                ),
+                io.Int.Output("width", display_name="width", tooltip="Image width in pixels."),
+                io.Int.Output("height", display_name="height", tooltip="Image height in pixels."),
+                io.String.Output(
+                    "note",
+                    display_name="note",
+                    tooltip="Where the size came from, and whether a custom size was snapped.",
+                ),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
-        size = {"min": 16, "max": 16384, "step": 8}
-        return {
-            "required": {
-                "base": spec(
-                    BASE_CHOICES,
-                    "Base resolution in pixels: 1024 for Sigma-1024, 2048 for Sigma-2K, 512, 256; 4096 has no "
-                    "released model (try Sigma-2K with KV compression).",
-                    default="1024",
-                ),
-                "aspect_ratio": spec(
-                    [*RATIO_LABELS, CLOSEST, CUSTOM],
-                    "Height/width of a trained bin (landscape < 1 < portrait); or the bin closest to width x height; "
-                    "or width x height itself, rounded to multiples of 16 px.",
-                    default=ratio_label("1.0"),
-                ),
-                "width": spec(
-                    "INT", "Width in pixels, 16 to 16384; for the last two aspect_ratio choices.", default=1024, **size
-                ),
-                "height": spec(
-                    "INT", "Height in pixels, 16 to 16384; for the last two aspect_ratio choices.", default=1024, **size
-                ),
-                "batch_size": spec("INT", "Number of images, 1 to 4096.", default=1, min=1, max=4096),
-            }
-        }
-
-    def resolve(self, base, aspect_ratio, width, height, batch_size):
+    def execute(cls, base, aspect_ratio, width, height, batch_size) -> io.NodeOutput:
         import comfy.model_management as mm
         import torch
 
         width, height, note = pick_size(int(base), aspect_ratio, width, height)
         if "snapped" in note:
             log.warning("PixArt Sigma Resolution: %s", note)
-        latent = torch.zeros([batch_size, 4, height // 8, width // 8], device=mm.intermediate_device())
-        return ({"samples": latent}, width, height, note)
+        device = mm.intermediate_device()
+        refusal = size_refusal(batch_size, width, height, mm.get_free_memory(device))
+        if refusal is not None:
+            raise MemoryError(refusal)
+        latent = torch.zeros([batch_size, 4, height // 8, width // 8], device=device)
+        return io.NodeOutput({"samples": latent}, width, height, note)

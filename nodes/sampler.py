@@ -1,15 +1,20 @@
-"""PixArt Sigma Sampler: ComfyUI's sampling with the PixArt-Σ reference defaults and input checks."""
+"""PixArt Sigma Sampler: ComfyUI's sampling with the PixArt-Sigma reference defaults and input checks."""
 
 from __future__ import annotations
 
 import importlib
 
-from pixart import PixArtConfig
-
-from .common import CATEGORY, check_latent, spec
+from ..pixart import PixArtConfig
+from ..pixart.model import CPU_TOKEN_CHUNK
+from .common import check_latent
+from .memory import sampling_memory, sampling_refusal
+from .node_api import CATEGORY, check_number, io, number_problem, schema
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++ (2M), the reference sampler
 DEFAULT_SCHEDULER = "sgm_uniform"  # timesteps evenly spaced from 999, like the reference's time-uniform steps
+CFG = {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
+DENOISE = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
+WHO = "PixArt Sigma Sampler"
 
 
 def pixart_config(model):
@@ -18,74 +23,112 @@ def pixart_config(model):
     return config if isinstance(config, PixArtConfig) else None
 
 
-class PixArtSigmaSampler:
-    """Samples a PixArt MODEL with ComfyUI's samplers, defaulting to the PixArt-Σ reference settings."""
+def check_memory(model, config, samples, cfg) -> None:
+    """MemoryError with the numbers and a way out when sampling ``samples`` cannot fit the free memory of the
+    model's device (what is free plus the models ComfyUI may unload to make room)."""
+    import comfy.model_management as mm
 
-    TITLE = "PixArt Sigma Sampler"
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised latent; decode it with VAEDecode and the model's VAE (SDXL VAE for Sigma).",)
-    DESCRIPTION = (
-        "PixArt Sigma Sampler: denoises a latent with ComfyUI's samplers, with the PixArt-Sigma reference defaults "
-        "(20 steps, CFG 4.5, DPM-Solver++ 2M). Shows ComfyUI's progress bar and previews and stops on Cancel."
-    )
+    device = model.load_device
+    dit = model.model.diffusion_model
+    token_chunk = getattr(dit, "token_chunk", None)
+    if token_chunk == "auto":
+        token_chunk = CPU_TOKEN_CHUNK if device.type == "cpu" else None
+    compute_dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
+    element_bytes = max(compute_dtype.itemsize, 2)  # float8 weights compute in 16 bits or more
+    kv = getattr(dit, "kv_compress", None)
+    need = sampling_memory(config, tuple(samples.shape), cfg, element_bytes, kv, token_chunk)
+    free = mm.get_free_memory(device)
+    if device.type != "cpu":  # ComfyUI unloads other models to make room
+        free += sum(loaded.model_loaded_memory() for loaded in mm.current_loaded_models if loaded.device == device)
+    size = f"{samples.shape[0]} x {8 * samples.shape[3]}x{8 * samples.shape[2]} px"
+    refusal = sampling_refusal(need, free, size, kv is not None)
+    if refusal is not None:
+        raise MemoryError(refusal)
+
+
+class PixArtSigmaSampler(io.ComfyNode):
+    """Samples a PixArt MODEL with ComfyUI's samplers, defaulting to the PixArt-Sigma reference settings."""
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
+    def define_schema(cls) -> io.Schema:
         import comfy.samplers
 
-        return {
-            "required": {
-                "model": spec("MODEL", "PixArt Sigma model from PixArt Sigma DiT Loader (or any MODEL)."),
-                "positive": spec("CONDITIONING", "The prompt, from PixArt Sigma Text Encode."),
-                "negative": spec("CONDITIONING", "The negative prompt; an empty prompt is the reference."),
-                "latent_image": spec("LATENT", "Start latent, e.g. from PixArt Sigma Resolution."),
-                "seed": spec(
-                    "INT",
-                    "Noise seed, 0 to 2^64-1; the same seed gives the same image.",
+        return schema(
+            node_id="PixArtSigmaSampler",
+            display_name="PixArt Sigma Sampler",
+            category=CATEGORY,
+            search_aliases=["pixart ksampler"],
+            description=(
+                "PixArt Sigma Sampler: denoises a latent with ComfyUI's samplers, with the PixArt-Sigma reference "
+                "defaults (20 steps, CFG 4.5, DPM-Solver++ 2M). Shows ComfyUI's progress bar and previews and stops "
+                "on Cancel; refuses sizes that cannot fit in memory before sampling."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="PixArt Sigma model from PixArt Sigma DiT Loader (or any MODEL)."),
+                io.Conditioning.Input("positive", tooltip="The prompt, from PixArt Sigma Text Encode."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt; an empty prompt is the reference."),
+                io.Latent.Input("latent_image", tooltip="Start latent, e.g. from PixArt Sigma Resolution."),
+                io.Int.Input(
+                    "seed",
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
                     control_after_generate=True,
+                    tooltip="Noise seed, 0 to 2^64-1; the same seed gives the same image.",
                 ),
-                "steps": spec(
-                    "INT", "Denoising steps, 1 to 10000; the reference uses 20.", default=20, min=1, max=10000
+                io.Int.Input(
+                    "steps", default=20, min=1, max=10000, tooltip="Denoising steps, 1 to 10000; the reference uses 20."
                 ),
-                "cfg": spec(
-                    "FLOAT",
-                    "Classifier-free guidance scale, 0 to 100; the reference uses 4.5; 1 skips the negative.",
-                    default=4.5,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
+                io.Float.Input(
+                    "cfg",
+                    **CFG,
+                    tooltip="Classifier-free guidance scale, 0 to 100; the reference uses 4.5; 1 skips the negative.",
                 ),
-                "sampler_name": spec(
-                    comfy.samplers.KSampler.SAMPLERS,
-                    "ComfyUI sampler; dpmpp_2m is the reference DPM-Solver++.",
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.KSampler.SAMPLERS,
                     default=DEFAULT_SAMPLER,
+                    tooltip="ComfyUI sampler; dpmpp_2m is the reference DPM-Solver++.",
                 ),
-                "scheduler": spec(
-                    comfy.samplers.KSampler.SCHEDULERS,
-                    "Noise schedule; sgm_uniform spaces timesteps evenly from 999, like the reference.",
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.KSampler.SCHEDULERS,
                     default=DEFAULT_SCHEDULER,
+                    tooltip="Noise schedule; sgm_uniform spaces timesteps evenly from 999, like the reference.",
                 ),
-                "denoise": spec(
-                    "FLOAT",
-                    "Fraction of the schedule to run, 0 to 1; below 1 keeps part of the input latent.",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
+                io.Float.Input(
+                    "denoise",
+                    **DENOISE,
+                    tooltip="Fraction of the schedule to run, 0 to 1; below 1 keeps part of the input latent.",
                 ),
-            }
-        }
+            ],
+            outputs=[
+                io.Latent.Output(
+                    tooltip="The denoised latent; decode it with VAEDecode and the model's VAE (SDXL VAE for Sigma)."
+                )
+            ],
+        )
 
-    def sample(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise):
+    @classmethod
+    def validate_inputs(cls, cfg=None, denoise=None) -> bool | str:
+        """Non-finite or out-of-range cfg and denoise, before the prompt runs (ComfyUI's range check, which these
+        inputs now replace, lets NaN through)."""
+        problems = [number_problem("cfg", cfg, CFG["min"], CFG["max"])]
+        problems.append(number_problem("denoise", denoise, DENOISE["min"], DENOISE["max"]))
+        problems = [p for p in problems if p is not None]
+        return f"{WHO}: {'; '.join(problems)}" if problems else True
+
+    @classmethod
+    def execute(
+        cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise
+    ) -> io.NodeOutput:
+        check_number(WHO, "cfg", cfg, CFG["min"], CFG["max"])
+        check_number(WHO, "denoise", denoise, DENOISE["min"], DENOISE["max"])
         config, samples = pixart_config(model), latent_image["samples"]
         if config is not None and (samples.ndim != 4 or samples.shape[1] == config.in_channels or samples.any()):
-            check_latent(config, tuple(samples.shape), "PixArt Sigma Sampler")  # all-zero latents ComfyUI adapts
+            check_latent(config, tuple(samples.shape), WHO)  # all-zero latents ComfyUI adapts
+        if config is not None and samples.ndim == 4:
+            check_memory(model, config, samples, cfg)
         comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py (ours is imported relatively)
         args = (model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
-        return comfy_nodes.common_ksampler(*args, denoise=denoise)
+        return io.NodeOutput(*comfy_nodes.common_ksampler(*args, denoise=denoise))

@@ -4,50 +4,56 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, T5_TYPE, pick, spec
+from ..pixart.config import FAMILIES, VARIANTS
+from .common import pick
+from .node_api import CATEGORY, T5Encoder, io, schema
 
-MAX_TOKENS = {"sigma": 300, "alpha": 120}
+# T5 tokens kept per family (300 Sigma, 120 alpha): the caption length each family was trained with.
+MAX_TOKENS = {family: next(c.caption_tokens for c in VARIANTS.values() if c.family == family) for family in FAMILIES}
 
 
-class PixArtSigmaTextEncode:
+class PixArtSigmaTextEncode(io.ComfyNode):
     """Encodes a prompt with T5 the way the PixArt reference pipeline does."""
 
-    TITLE = "PixArt Sigma Text Encode"
-    CATEGORY = CATEGORY
-    FUNCTION = "encode"
-    RETURN_TYPES = ("CONDITIONING",)
-    OUTPUT_TOOLTIPS = (
-        "T5 states of the prompt's real tokens (padding dropped) with their attention_mask; works with PixArt "
-        "Sigma Sampler, KSampler and ComfyUI's built-in PixArt model.",
-    )
-    DESCRIPTION = (
-        "PixArt Sigma Text Encode: lowercases the prompt, tokenizes it to at most 300 T5 tokens (PixArt-Sigma) or "
-        "120 (PixArt-alpha) and encodes it with the attention mask, as the reference pipeline does. An empty "
-        "prompt is the reference negative prompt."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="PixArtSigmaTextEncode",
+            display_name="PixArt Sigma Text Encode",
+            category=CATEGORY,
+            search_aliases=["pixart prompt", "t5 encode"],
+            description=(
+                f"PixArt Sigma Text Encode: lowercases the prompt, tokenizes it to at most {MAX_TOKENS['sigma']} T5 "
+                f"tokens (PixArt-Sigma) or {MAX_TOKENS['alpha']} (PixArt-alpha) and encodes it with the attention "
+                "mask, as the reference pipeline does. An empty prompt is the reference negative prompt."
+            ),
+            inputs=[
+                T5Encoder.Input("t5", tooltip="T5 encoder from PixArt Sigma T5 Loader."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    default="",
+                    tooltip="The prompt; leave empty for the usual negative prompt.",
+                ),
+                io.Combo.Input(
+                    "model_family",
+                    options=list(MAX_TOKENS),
+                    default="sigma",
+                    tooltip=f"sigma: up to {MAX_TOKENS['sigma']} T5 tokens (PixArt-Sigma); alpha: up to "
+                    f"{MAX_TOKENS['alpha']} (PixArt-alpha). Longer prompts are cut, with a warning in the log.",
+                ),
+            ],
+            outputs=[
+                io.Conditioning.Output(
+                    tooltip="T5 states of the prompt's real tokens (padding dropped) with their attention_mask; works "
+                    "with PixArt Sigma Sampler, KSampler and ComfyUI's built-in PixArt model."
+                )
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
-        return {
-            "required": {
-                "t5": spec(T5_TYPE, "T5 encoder from PixArt Sigma T5 Loader."),
-                "text": spec(
-                    "STRING",
-                    "The prompt; leave empty for the usual negative prompt.",
-                    multiline=True,
-                    dynamicPrompts=True,
-                    default="",
-                ),
-                "model_family": spec(
-                    list(MAX_TOKENS),
-                    "sigma: up to 300 T5 tokens (PixArt-Sigma); alpha: up to 120 (PixArt-alpha). Longer prompts "
-                    "are cut, with a warning in the log.",
-                    default="sigma",
-                ),
-            }
-        }
-
-    def encode(self, t5, text, model_family):
+    def execute(cls, t5, text, model_family) -> io.NodeOutput:
         import comfy.model_management as mm
 
         max_length = pick(MAX_TOKENS, model_family, "PixArt Sigma Text Encode model_family")
@@ -57,4 +63,4 @@ class PixArtSigmaTextEncode:
         keep = mask[0] > 0
         states = states[:, keep.to(states.device)].to(mm.intermediate_device(), torch.float32)  # (1, L_real, C)
         attention_mask = torch.ones(states.shape[:2], dtype=torch.float32, device=states.device)
-        return ([[states, {"attention_mask": attention_mask, "pooled_output": None}]],)
+        return io.NodeOutput([[states, {"attention_mask": attention_mask, "pooled_output": None}]])

@@ -1,13 +1,17 @@
 """The example workflows without ComfyUI: UI files (as the frontend saves them) and their API twins reference only our
 nodes and stock ones, with valid widget values and consistent links. Stock node specs are written out below from
-ComfyUI 0.3.64-0.33 (same inputs in both); ours come from the node classes, with ComfyUI stubbed."""
+ComfyUI 0.3.64-0.33 (same inputs in both); ours come from the nodes' V3 schemas, with ComfyUI stubbed.
+
+Checked for the examples shipped now and for the four shipped with 0.1 (tests/fixtures/workflows_v0_1/, kept as
+saved: users' files must keep loading, widget by widget, through the V3 nodes)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from comfy_host import EXAMPLES, MODEL_FILES, SAMPLERS, SCHEDULERS, install_comfy_stubs, load_nodes_package
+from comfy_host import EXAMPLES, MODEL_FILES, SAMPLERS, SCHEDULERS, install_comfy_stubs
+from node_pack import REPO, install_comfy_api_stub, load_pack, v1_inputs, v1_outputs
 
 SEED = ("INT", {"min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
 STOCK = {  # type -> (inputs in ComfyUI's order, output types)
@@ -36,17 +40,17 @@ STOCK = {  # type -> (inputs in ComfyUI's order, output types)
 }
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+V0_1 = REPO / "tests" / "fixtures" / "workflows_v0_1"
+FOLDERS = {"examples": EXAMPLES, "v0_1": V0_1}
+CASES = [(folder, p.stem) for folder, path in FOLDERS.items() for p in sorted(path.glob("*.json"))]
 
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     install_comfy_stubs(monkeypatch, tmp_path_factory.mktemp("models"))
-    ours = {}
-    for name, cls in load_nodes_package().NODE_CLASS_MAPPINGS.items():
-        declared = cls.INPUT_TYPES()
-        ours[name] = ({**declared.get("required", {}), **declared.get("optional", {})}, list(cls.RETURN_TYPES))
+    install_comfy_api_stub(monkeypatch)
+    ours = {node.define_schema().node_id: (v1_inputs(node), v1_outputs(node)) for node in load_pack().NODES}
     yield {**STOCK, **ours}
     monkeypatch.undo()
 
@@ -81,15 +85,16 @@ def widget_values(where: str, node: dict, inputs: dict) -> dict:
     return found
 
 
-def load(name: str) -> tuple[dict, dict]:
-    return json.loads((EXAMPLES / f"{name}.json").read_text()), json.loads(
-        (EXAMPLES / "api" / f"{name}.json").read_text()
-    )
+def load(name: str, folder: str = "examples") -> tuple[dict, dict]:
+    root = FOLDERS[folder]
+    return json.loads((root / f"{name}.json").read_text()), json.loads((root / "api" / f"{name}.json").read_text())
 
 
-def test_the_four_examples_exist():
-    assert sorted(p.stem for p in (EXAMPLES / "api").glob("*.json")) == NAMES
-    prompts = {name: load(name)[1] for name in NAMES}
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_the_four_examples_exist(folder):
+    names = sorted(p.stem for p in FOLDERS[folder].glob("*.json"))
+    assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names and len(names) == 4
+    prompts = {name: load(name, folder)[1] for name in names}
     kinds = {name: {n["class_type"] for n in p.values()} for name, p in prompts.items()}
     inputs = {name: [n["inputs"] for n in p.values()] for name, p in prompts.items()}
     assert any({"PixArtSigmaDiTLoader", "KSampler"} <= k for k in kinds.values()), "no stock-KSampler example"
@@ -100,9 +105,9 @@ def test_the_four_examples_exist():
     assert all("SaveImage" in k and "VAEDecode" in k for k in kinds.values())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_ui_workflow(specs, name):
-    ui, _ = load(name)
+@pytest.mark.parametrize(("folder", "name"), CASES)
+def test_ui_workflow(specs, folder, name):
+    ui, _ = load(name, folder)
     assert {"nodes", "links", "last_node_id", "last_link_id", "version"} <= set(ui)
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert len(nodes) == len(ui["nodes"]) and max(nodes) <= ui["last_node_id"]
@@ -121,9 +126,9 @@ def test_ui_workflow(specs, name):
         assert nodes[dst]["inputs"][dst_slot]["type"] == kind and nodes[dst]["inputs"][dst_slot]["link"] == link_id
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_api_twin_matches(specs, name):
-    ui, api = load(name)
+@pytest.mark.parametrize(("folder", "name"), CASES)
+def test_api_twin_matches(specs, folder, name):
+    ui, api = load(name, folder)
     assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
     links = {link[0]: link for link in ui["links"]}
     for node in ui["nodes"]:
@@ -138,3 +143,16 @@ def test_api_twin_matches(specs, name):
             _, src, src_slot, _, _, kind = links[socket["link"]]
             assert given[socket["name"]] == [str(src), src_slot], f"{name}: node {node['id']}.{socket['name']}"
             assert specs[api[str(src)]["class_type"]][1][src_slot] == kind
+
+
+def test_v0_1_widgets_line_up_with_the_v3_inputs(specs):
+    """The 0.1 UI files store widget values by position: each lands on the input of the same name and meaning
+    (the seed's control_after_generate value right after the seed)."""
+    ui, _ = load("pixart_sigma_2k_kv_compress", "v0_1")
+    by_type = {node["type"]: node for node in ui["nodes"]}
+    dit = widget_values("dit", by_type["PixArtSigmaDiTLoader"], specs["PixArtSigmaDiTLoader"][0])
+    assert dit["variant"] == "sigma-2k" and dit["kv_compress"] != "off" and isinstance(dit["kv_factor"], int)
+    sampler_node = by_type["PixArtSigmaSampler"]
+    sampler = widget_values("sampler", sampler_node, specs["PixArtSigmaSampler"][0])
+    assert list(sampler) == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"]
+    assert sampler_node["widgets_values"][1] in CONTROL_VALUES and sampler["cfg"] == 4.5
