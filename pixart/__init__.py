@@ -1,7 +1,8 @@
-"""PixArt-Σ / PixArt-α diffusion transformer with KV token compression, in plain PyTorch (no ComfyUI imports)."""
+"""PixArt-Sigma and PixArt-alpha diffusion transformers with KV token compression, in plain PyTorch (no ComfyUI)."""
 
-from .checkpoints import CheckpointError, read_checkpoint
-from .config import VARIANTS, KVCompress, PixArtConfig, parse_layers
+from .checkpoints import read_checkpoint
+from .config import CAPTION_TOKENS, VARIANTS, KVCompress, PixArtConfig, parse_layers
+from .errors import CheckpointError, LoraError, PixArtError, T5Error
 from .loader import load_dit
 from .model import PixArtTransformer
 
@@ -18,13 +19,17 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CAPTION_TOKENS",
     "VARIANTS",
     "CheckpointError",
     "KVCompress",
+    "LoraError",
     "PixArtConfig",
+    "PixArtError",
     "PixArtTransformer",
     "load_dit",
     "parse_layers",
     "read_checkpoint",
+    "T5Error",
     *_TEXT_ENCODER_NAMES,
 ]
