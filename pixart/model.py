@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import AttentionFn, CrossAttention, SelfAttention, sdpa_attention
+from .attention import AttentionFn, AttentionReuse, CrossAttention, SelfAttention, sdpa_attention
 from .config import KVCompress, PixArtConfig
 from .embeddings import (
     CaptionEmbedder,
@@ -111,6 +111,7 @@ class PixArtBlock(nn.Module):
         grid: tuple[int, int],
         bias: Tensor | None,
         token_chunk: int | None = None,
+        reuse: AttentionReuse | None = None,
     ) -> Tensor:
         """Without autograd ``x`` is updated in place and returned.
 
@@ -119,41 +120,78 @@ class PixArtBlock(nn.Module):
             grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
             token_chunk: without autograd, run the per-token work on at most this many tokens of one sample at a
                 time (``forward_in_chunks``); None runs every token at once.
+            reuse: attention outputs to use instead of computing them, or to keep (step caches); None computes.
         Returns:
             (B, N, C).
         """
         table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
         m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
+        reuse = reuse or AttentionReuse()
         if token_chunk is not None and not torch.is_grad_enabled():
-            return self.forward_in_chunks(x, y, m, grid, bias, token_chunk)
-        x = residual(x, self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid), m.gate_msa)
-        x = residual(x, self.cross_attn(x, y, bias))
+            return self.forward_in_chunks(x, y, m, grid, bias, token_chunk, reuse)
+        sa = reuse.self_out
+        if sa is None:
+            sa = self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid)
+        if reuse.keep_self:
+            reuse.self_out = sa
+        x = residual(x, sa, m.gate_msa)
+        ca = reuse.cross_out if reuse.cross_out is not None else self.cross_attn(x, y, bias)
+        if reuse.keep_cross:
+            reuse.cross_out = ca
+        x = residual(x, ca)
         return residual(x, self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)), m.gate_mlp)
 
     def forward_in_chunks(
-        self, x: Tensor, y: Tensor, m: Modulation, grid: tuple[int, int], bias: Tensor | None, chunk: int
+        self,
+        x: Tensor,
+        y: Tensor,
+        m: Modulation,
+        grid: tuple[int, int],
+        bias: Tensor | None,
+        chunk: int,
+        reuse: AttentionReuse | None = None,
     ) -> Tensor:
         """The block's inference path, same result as ``forward``: only self-attention sees the whole sequence;
         norms, modulation, projections, cross-attention and MLP run on ``chunk`` tokens of one sample at a time
         and update ``x`` in place. Their intermediates (at most chunk × 4C) stay small enough for the allocator
         to reuse instead of mapping fresh pages (on CPU, page faults cost a few % of a forward), and the MLP's
-        N × 4C hidden layer never exists whole (lower peak memory)."""
+        N × 4C hidden layer never exists whole (lower peak memory). Attention outputs that ``reuse`` supplies are
+        read chunk by chunk; those it keeps are gathered into a (B, N, C) tensor."""
         b, n, c = x.shape
         parts = [(slice(i, i + 1), slice(start, start + chunk)) for i in range(b) for start in range(0, n, chunk)]
-        qkv = x.new_empty(b, n, 3 * c)
-        for one, s in parts:
-            h = t2i_modulate(layer_norm(x[one, s]), m.shift_msa[one], m.scale_msa[one])
-            qkv[one, s] = self.attn.qkv(h)
-        heads = self.attn.attend(qkv, grid)  # (B, N, C)
-        del qkv
-        keys, values = self.cross_attn.keys_values(y)  # 2 × (B, h, L, d)
+        reuse = reuse or AttentionReuse()
+        sa_given, ca_given = reuse.self_out, reuse.cross_out
+        if sa_given is None:
+            qkv = x.new_empty(b, n, 3 * c)
+            for one, s in parts:
+                h = t2i_modulate(layer_norm(x[one, s]), m.shift_msa[one], m.scale_msa[one])
+                qkv[one, s] = self.attn.qkv(h)
+            heads = self.attn.attend(qkv, grid)  # (B, N, C)
+            del qkv
+        if ca_given is None:
+            keys, values = self.cross_attn.keys_values(y)  # 2 × (B, h, L, d)
+        sa_kept = x.new_empty(b, n, c) if reuse.keep_self and sa_given is None else None
+        ca_kept = x.new_empty(b, n, c) if reuse.keep_cross and ca_given is None else None
         for one, s in parts:
             tokens = x[one, s]  # (1, <=chunk, C) view of the residual stream
-            residual(tokens, self.attn.proj(heads[one, s]), m.gate_msa[one])
-            sample_bias = None if bias is None else bias[one]
-            residual(tokens, self.cross_attn.attend(tokens, keys[one], values[one], sample_bias))
+            sa = self.attn.proj(heads[one, s]) if sa_given is None else sa_given[one, s]
+            if sa_kept is not None:
+                sa_kept[one, s] = sa
+            residual(tokens, sa, m.gate_msa[one])
+            if ca_given is None:
+                sample_bias = None if bias is None else bias[one]
+                ca = self.cross_attn.attend(tokens, keys[one], values[one], sample_bias)
+            else:
+                ca = ca_given[one, s]
+            if ca_kept is not None:
+                ca_kept[one, s] = ca
+            residual(tokens, ca)
             h = t2i_modulate(layer_norm(tokens), m.shift_mlp[one], m.scale_mlp[one])
             residual(tokens, self.mlp(h), m.gate_mlp[one])
+        if sa_kept is not None:
+            reuse.self_out = sa_kept
+        if ca_kept is not None:
+            reuse.cross_out = ca_kept
         return x
 
 
@@ -251,12 +289,20 @@ class PixArtTransformer(nn.Module):
             self._pos_cache[key] = table.to(device=device, dtype=dtype)[None]
         return self._pos_cache[key]
 
-    def run_block(self, index: int, x: Tensor, inputs: BlockInputs, hooks: Sequence[BlockHook] = ()) -> Tensor:
-        """Block ``index`` on the (B, N, C) image tokens, through ``hooks`` (the first outermost)."""
+    def run_block(
+        self,
+        index: int,
+        x: Tensor,
+        inputs: BlockInputs,
+        hooks: Sequence[BlockHook] = (),
+        reuse: AttentionReuse | None = None,
+    ) -> Tensor:
+        """Block ``index`` on the (B, N, C) image tokens, through ``hooks`` (the first outermost), with the
+        attention outputs ``reuse`` supplies or keeps."""
         block = self.blocks[index]
 
         def run(tokens: Tensor) -> Tensor:
-            return block(tokens, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk)
+            return block(tokens, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk, reuse)
 
         for hook in reversed(hooks):
             run = partial(_call_hook, hook, index, inputs, run)
@@ -326,6 +372,7 @@ class PixArtTransformer(nn.Module):
         resolution: Tensor | None = None,
         aspect_ratio: Tensor | None = None,
         block_hooks: Sequence[BlockHook] = (),
+        attention_reuse: Sequence[AttentionReuse | None] | None = None,
     ) -> Tensor:
         """
         Args:
@@ -337,6 +384,8 @@ class PixArtTransformer(nn.Module):
             aspect_ratio: alpha only, (B, 1) height / width (default H / W).
             block_hooks: ``BlockHook``s wrapped around every block, the first outermost (caches, block patches,
                 cancel checks).
+            attention_reuse: None, or one ``AttentionReuse`` (or None) per block: attention outputs a step cache
+                (T-GATE) supplies or keeps.
         Returns:
             (B, C_out, H, W) in the dtype of ``x``: epsilon in the first C_in channels, then the variance.
         """
@@ -357,8 +406,12 @@ class PixArtTransformer(nn.Module):
         if chunk == "auto":
             chunk = CPU_TOKEN_CHUNK if x.device.type == "cpu" else None
         inputs = BlockInputs(y, t0, grid, bias, chunk)
+        if attention_reuse is not None and len(attention_reuse) != len(self.blocks):
+            n = len(self.blocks)
+            raise ValueError(f"attention_reuse needs one entry per block ({n}), got {len(attention_reuse)}")
         for index in range(len(self.blocks)):
-            x = self.run_block(index, x, inputs, block_hooks)
+            reuse = None if attention_reuse is None else attention_reuse[index]
+            x = self.run_block(index, x, inputs, block_hooks, reuse)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)

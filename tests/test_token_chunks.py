@@ -65,9 +65,9 @@ def _record_chunks(monkeypatch) -> list:
     seen = []
     original = model_module.PixArtBlock.forward_in_chunks
 
-    def spy(self, x, y, m, grid, bias, chunk):
+    def spy(self, x, y, m, grid, bias, chunk, *reuse):
         seen.append(chunk)
-        return original(self, x, y, m, grid, bias, chunk)
+        return original(self, x, y, m, grid, bias, chunk, *reuse)
 
     monkeypatch.setattr(model_module.PixArtBlock, "forward_in_chunks", spy)
     return seen
