@@ -1,0 +1,66 @@
+"""The pack as an ordinary package inside ComfyUI (marker ``comfy``): two copies of it side by side (what a zip
+download beside a clone makes) each run their own model code, and the pack claims no global module names.
+
+ComfyUI's own loader (``nodes.load_custom_node``) imports both folders in one process of ComfyUI's interpreter
+(tests/comfy_two_copies.py); the second copy's ``pixart`` carries a marker, so a copy using the other's model code
+would show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from comfy_host import find_comfy
+
+pytestmark = pytest.mark.comfy
+COMFY, WHY = find_comfy()
+REPO = Path(__file__).resolve().parents[1]
+NODES = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
+         "PixArtSigmaResolution", "PixArtSigmaLoraLoader"}  # fmt: skip
+
+
+def load_in_comfy(folders: list[Path], scratch: Path) -> dict:
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    script = REPO / "tests" / "comfy_two_copies.py"
+    cmd = [python, "-I", "-B", str(script), str(COMFY), *map(str, folders)]
+    done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_two_copies_each_use_their_own_model_code(tmp_path):
+    if COMFY is None:
+        pytest.skip(WHY)
+    custom = tmp_path / "custom_nodes"
+    custom.mkdir()
+    ours = custom / "comfyui-pixart-sigma"
+    ours.symlink_to(REPO, target_is_directory=True)
+    copy = custom / "comfyui-pixart-sigma-main"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.jpg"))
+    with open(copy / "pixart" / "__init__.py", "a", encoding="utf-8") as f:
+        f.write('\nCOPY_MARKER = "main"\n')
+    scratch = tmp_path / "cwd"
+    scratch.mkdir()
+    report = load_in_comfy([ours, copy], scratch)
+
+    packs = report["packs"]
+    for folder, marker in ((ours, None), (copy, "main")):
+        pack = packs[str(folder)]
+        assert pack["loaded"] is True, pack
+        assert Path(pack["pixart_file"]).resolve() == (folder / "pixart" / "__init__.py").resolve(), pack
+        assert pack["marker"] == marker, pack
+        assert Path(pack["sampler_config_file"]).resolve() == (folder / "pixart" / "config.py").resolve(), pack
+        assert pack["sampler_config_module"].endswith(
+            "comfyui-pixart-sigma" + ("-main" if marker else "") + ".pixart.config"
+        )
+    for name, found in report["globals"].items():
+        assert not found["in_sys_modules"], f"'{name}' was imported as a global module: {found}"
+        where = json.dumps(found["found"])
+        assert str(REPO) not in where and str(copy) not in where and str(ours) not in where, (name, found)
+    assert set(report["node_modules"]) == NODES
