@@ -65,5 +65,5 @@ class LoraError(PixArtError):
 def listing(items, count: int = 5, limit: int = 60) -> str:
     """``['a', 'b']`` of the first ``count`` items, each shortened, and how many more there are."""
     items = list(items)
-    shown = repr([short(item, limit) for item in items[:count]])
+    shown = repr([short(item, limit) if isinstance(item, str) else item for item in items[:count]])
     return shown + (f" and {len(items) - count} more" if len(items) > count else "")

@@ -64,6 +64,7 @@ import json, logging, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
 from pathlib import Path
 import pixart
+import pixart.lora
 args = [Path(a) for a in sys.argv[1:]]
 records = []
 handler = logging.Handler()

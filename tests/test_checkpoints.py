@@ -46,6 +46,8 @@ def _write(kind: str, tmp_path, tiny):
         return write_official_pth(tmp_path / "p.pt", official, wrapper=None)
     if kind == "safetensors-official":
         return write_safetensors(tmp_path / "o.safetensors", official)
+    if kind == "sft-official":
+        return write_safetensors(tmp_path / "o.sft", official)
     if kind == "safetensors-comfyui":
         path = write_safetensors(tmp_path / "c.safetensors", official, prefix="model.diffusion_model.")
         extra = {"first_stage_model.decoder.conv_in.weight": torch.zeros(3, 3)}
@@ -70,6 +72,7 @@ FORMATS = [
     "pth-ema",
     "pth-plain",
     "safetensors-official",
+    "sft-official",
     "safetensors-comfyui",
     "safetensors-diffusers",
     "safetensors-diffusers-prefixed",
@@ -163,8 +166,9 @@ def test_not_a_checkpoint(tmp_path):
 def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": object()}, path)
-    with pytest.raises(CheckpointError, match="evil.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="evil.pth: not a readable PyTorch checkpoint") as info:
         load_dit(path)
+    assert "builtins.object" in str(info.value) and "weights_only" not in str(info.value)
 
 
 def test_sd15_unet_is_named(tmp_path):

@@ -321,6 +321,10 @@ def test_unreadable_inputs(tmp_path):
     assert "not a readable safetensors file" in _err(tmp_path / "junk.safetensors")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     assert "expected a flat dict of tensors, found list" in _err(tmp_path / "list.pt")
+    torch.save({"a.lora_A.weight": torch.zeros(1), "cfg": object()}, tmp_path / "object.pt")
+    msg = _err(tmp_path / "object.pt")
+    assert "object.pt: not a readable PyTorch checkpoint: it holds a pickled object" in msg
+    assert "weights_only" not in msg
     empty = _save(tmp_path / "empty.safetensors", {})
     assert f"{empty}: holds no tensors" in _err(empty)
 
