@@ -86,8 +86,8 @@ class PixArtSigmaResolution(io.ComfyNode):
                     display_name="latent",
                     tooltip="Empty 4-channel latent of the chosen size (batch_size images).",
                 ),
-                io.Int.Output("width", display_name="width", tooltip="Image width in pixels."),
-                io.Int.Output("height", display_name="height", tooltip="Image height in pixels."),
+                io.Int.Output("width_out", display_name="width", tooltip="Image width in pixels."),
+                io.Int.Output("height_out", display_name="height", tooltip="Image height in pixels."),
                 io.String.Output(
                     "note",
                     display_name="note",

@@ -65,6 +65,11 @@ class Schema:
     description: str = ""
     search_aliases: list = dataclasses.field(default_factory=list)
 
+    def __post_init__(self):  # ComfyUI 0.3.64 refuses a node whose ids repeat (0.33 too, within a list)
+        ids = [i.id for i in self.inputs] + [o.id for o in self.outputs if o.id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"{self.node_id}: ids must be unique between inputs and outputs: {ids}")
+
 
 class ComfyNode:
     @classmethod
