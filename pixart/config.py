@@ -1,4 +1,4 @@
-"""Hyperparameters of the PixArt-Σ / PixArt-α transformer, the released variants, and KV compression settings."""
+"""Hyperparameters of the PixArt-Sigma / PixArt-alpha transformer, the released variants, KV compression settings."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CAPTION_TOKENS = {"sigma": 300, "alpha": 120}
 
 @dataclass(frozen=True)
 class PixArtConfig:
-    """Architecture of one PixArt model (PixArt-α §2.3, PixArt-Σ §3)."""
+    """Architecture of one PixArt model (PixArt-alpha §2.3, PixArt-Sigma §3)."""
 
     depth: int = 28  # transformer blocks
     hidden_size: int = 1152  # C, width of the token stream
@@ -30,7 +30,7 @@ class PixArtConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * C
     sample_size: int = 128  # latent side of the base resolution (128 latent = 1024 px)
     pe_interpolation: float = 2.0  # position-embedding scale: positions span [0, sample_size / p / pe_interpolation)
-    micro_conditions: bool = False  # resolution and aspect-ratio embedders (PixArt-α 1024-MS)
+    micro_conditions: bool = False  # resolution and aspect-ratio embedders (PixArt-alpha 1024-MS)
     family: str = "sigma"  # "sigma" (SDXL VAE) or "alpha" (SD1.5 VAE)
     conv_kv_layers: tuple[int, ...] = ()  # blocks that carry trained KV-compression conv weights
     conv_kv_factor: int = 1  # kernel = stride of those convolutions; 1 when there are none
@@ -97,7 +97,8 @@ def _alpha(sample_size: int, pe_interpolation: float, micro_conditions: bool) ->
     )
 
 
-# Released checkpoints. Σ: PixArt-Sigma-XL-2-{256x256,512-MS,1024-MS,2K-MS}; α: PixArt-XL-2-{256x256,512x512,1024-MS}.
+# Released checkpoints. Sigma: PixArt-Sigma-XL-2-{256x256,512-MS,1024-MS,2K-MS};
+# alpha: PixArt-XL-2-{256x256,512x512,1024-MS}.
 VARIANTS: dict[str, PixArtConfig] = {
     "sigma-256": _sigma(32, 0.5),
     "sigma-512": _sigma(64, 1.0),
@@ -111,21 +112,21 @@ VARIANTS: dict[str, PixArtConfig] = {
 
 @dataclass(frozen=True)
 class KVCompress:
-    """Key/value token compression in self-attention (PixArt-Σ §3.2).
+    """Key/value token compression in self-attention (PixArt-Sigma §3.2).
 
     Keys and values of the chosen blocks are downsampled on the 2-D token grid by ``factor`` per side, so
-    attention costs N·N/factor² instead of N·N. Queries keep full resolution, so the output grid is unchanged.
+    attention costs N*N/factor^2 instead of N*N. Queries keep full resolution, so the output grid is unchanged.
 
     mode:
         ``conv``    depthwise stride-``factor`` convolution + LayerNorm; weights come from a KV-compressed checkpoint.
         ``ave``     nearest-neighbour resize, as the official code's ``ave`` (equal to ``uniform`` for whole grids).
         ``uniform`` every ``factor``-th token in each direction.
-        ``avgpool`` the mean of each ``factor``×``factor`` window (training-free).
+        ``avgpool`` the mean of each ``factor``x``factor`` window (training-free).
     remainder: what happens to the last rows/columns when a grid side is not divisible by ``factor``:
         ``keep``  they form smaller edge windows (``uniform`` picks their first token, ``avgpool`` averages what
                   is there, ``conv``/``ave`` see the edge token repeated), so every token is represented;
         ``drop``  they are not keys/values (the official behaviour of ``conv`` and ``ave``).
-    layers: block indices to compress; None means the second half (14–27 of 28, the official configuration).
+    layers: block indices to compress; None means the second half (14-27 of 28, the official configuration).
     """
 
     mode: str = "avgpool"

@@ -1,8 +1,8 @@
 """Reading a PixArt architecture off a state dict with official keys: sizes come from tensor shapes.
 
-What shapes cannot tell (heads, base resolution, position-embedding scale, Σ or α) comes from, in order: an explicit
-variant, the file's own hints (a diffusers ``config.json``, the training-time position table and null caption),
-and the released-variant presets — and a log warning says so whenever a preset had to be assumed.
+What shapes cannot tell (heads, base resolution, position-embedding scale, Sigma or alpha) comes from, in order: an
+explicit variant, the file's own hints (a diffusers ``config.json``, the training-time position table and null caption),
+and the released-variant presets -- and a log warning says so whenever a preset had to be assumed.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def check_is_pixart(state_dict: Mapping[str, Tensor], source: str) -> None:
         raise CheckpointError(
             f"{source}: not a PixArt transformer checkpoint{_describe_foreign(keys)}: no {missing[0]!r} "
             f"(and {len(missing) - 1} more core tensors missing; it has {len(keys)} tensors, e.g. {listing(keys, 2)}). "
-            "Pick a PixArt-Σ/α transformer (e.g. PixArt-Sigma-XL-2-1024-MS.pth) or a diffusers transformer folder."
+            "Pick a PixArt-Sigma/alpha transformer (e.g. PixArt-Sigma-XL-2-1024-MS.pth) or a diffusers folder."
         )
 
 
@@ -129,7 +129,7 @@ def shape_fields(state_dict: Mapping[str, Tensor], source: str = "state dict") -
 
 
 def _pe_interpolation_from_table(table: Tensor, hidden: int, grid: int) -> float | None:
-    """The position-embedding scale that reproduces a stored (1, grid², C) sin-cos table, if one of the usual does."""
+    """The position-embedding scale that reproduces a stored (1, grid^2, C) sin-cos table, if one of the usual does."""
     for scale in (0.5, 1.0, 2.0, 4.0, 8.0):
         expected = sincos_2d(hidden, grid, grid, grid, scale)
         if torch.allclose(table.reshape(-1, hidden).double(), expected, atol=1e-3):
@@ -138,10 +138,10 @@ def _pe_interpolation_from_table(table: Tensor, hidden: int, grid: int) -> float
 
 
 def file_hints(state_dict: Mapping[str, Tensor], shapes: dict, source: str = "state dict") -> dict:
-    """Fields the training-only tensors reveal: base resolution and scale (pos_embed), Σ or α (null caption).
+    """Fields the training-only tensors reveal: base resolution and scale (pos_embed), Sigma or alpha (null caption).
 
     Both tensors are checked against the model's width before anything is computed from them: a position table
-    must be (1, grid², C) with grid <= MAX_GRID, the null caption (L, caption_channels) with L <= MAX_CAPTION_TOKENS.
+    must be (1, grid^2, C) with grid <= MAX_GRID, the null caption (L, caption_channels) with L <= MAX_CAPTION_TOKENS.
     """
     hints: dict = {}
     if "y_embedder.y_embedding" in state_dict:
@@ -201,7 +201,8 @@ def _auto_fields(fields_: dict, source: str) -> PixArtConfig | None:
     if "family" not in fields_:
         fields_["family"] = "sigma"
         log.warning(
-            "%s: cannot tell PixArt-Σ from PixArt-α from the weights; assuming Σ (set variant to override)", source
+            "%s: cannot tell PixArt-Sigma from PixArt-alpha from the weights; assuming Sigma (set variant to override)",
+            source,
         )
     if "sample_size" not in fields_:
         fields_["sample_size"] = 128

@@ -23,8 +23,8 @@ def load_dit(
     token_chunk: int | str | None = "auto",
     torch_compile: bool = False,
 ) -> PixArtTransformer:
-    """Load a PixArt-Σ/α transformer from an official ``.pth``, a ``.safetensors``/``.sft`` file (official, diffusers
-    or ComfyUI keys) or a diffusers folder.
+    """Load a PixArt-Sigma/alpha transformer from an official ``.pth``, a ``.safetensors``/``.sft`` file (official,
+    diffusers or ComfyUI keys) or a diffusers folder.
 
     Args:
         path: checkpoint file or folder.

@@ -1,4 +1,4 @@
-"""T5 text encoder for PixArt-Σ/α captions, without ComfyUI: :func:`load_t5` -> :class:`T5PromptEncoder`.
+"""T5 text encoder for PixArt-Sigma/alpha captions, without ComfyUI: :func:`load_t5` -> :class:`T5PromptEncoder`.
 
 Loads offline from a Hugging Face / diffusers folder or one ComfyUI-style ``.safetensors`` file; never downloads.
 The parts live in :mod:`pixart.t5` (checkpoint reading, float8 storage, tokenizer lookup, prompt encoding).

@@ -12,7 +12,8 @@ from pixart import PixArtConfig
 from pixart.checkpoints.keymap import diffusers_config, diffusers_to_official
 from pixart.embeddings import sincos_2d
 
-# Tiny architecture: 2 blocks, 3 heads of 32 (width 96, divisible by 3 for α's micro-conditions), 48 caption channels.
+# Tiny architecture: 2 blocks, 3 heads of 32 (width 96, divisible by 3 for alpha's micro-conditions), 48 caption
+# channels.
 TINY = {"depth": 2, "num_heads": 3, "head_dim": 32, "caption_channels": 48, "sample_size": 16, "pe_interpolation": 1.0}
 
 

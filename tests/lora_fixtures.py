@@ -80,7 +80,7 @@ def write_peft_folder(peft_model, folder: Path) -> Path:
 def write_official_script(peft_model, folder: Path) -> Path:
     """What the official PixArt LoRA script saves: the PEFT folder, and beside it ``StableDiffusionPipeline
     .save_lora_weights(unet_lora_layers=get_peft_model_state_dict(peft_model))`` (keys
-    ``unet.base_model.model.…``, no alpha)."""
+    ``unet.base_model.model....``, no alpha)."""
     from diffusers import StableDiffusionPipeline
     from peft import get_peft_model_state_dict
 
@@ -92,8 +92,8 @@ def write_official_script(peft_model, folder: Path) -> Path:
 
 
 def write_diffusers(peft_model, folder: Path) -> Path:
-    """diffusers' ``save_lora_weights(transformer_lora_layers=…, transformer_lora_adapter_metadata=…)`` as the
-    transformer pipelines write it (keys ``transformer.…``, LoraConfig in the safetensors header). diffusers has
+    """diffusers' ``save_lora_weights(transformer_lora_layers=..., transformer_lora_adapter_metadata=...)`` as the
+    transformer pipelines write it (keys ``transformer....``, LoraConfig in the safetensors header). diffusers has
     no PixArt LoRA mixin, so Sana's (same transformer prefix) does the writing."""
     from diffusers.loaders.lora_pipeline import SanaLoraLoaderMixin
 
@@ -130,7 +130,7 @@ def write_kohya(state: dict, scales: dict, path: Path) -> Path:
 
 def write_official_keys(state: dict, scales: dict, path: Path, underscore: bool = False) -> Path:
     """Official module names (``blocks.0.attn.qkv.lora_A.weight``): q, k, v (and k, v) LoRAs fused into one of
-    rank Σr with a block-diagonal up, scales folded into up, ``.alpha`` = rank (scale 1)."""
+    rank sum(r) with a block-diagonal up, scales folded into up, ``.alpha`` = rank (scale 1)."""
     fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     for module, down, up in _pairs(state):
         target = diffusers_module_target(module)

@@ -33,7 +33,7 @@ def test_without_hints_assumes_sigma_1024_and_says_so(caplog):
     with caplog.at_level(logging.WARNING):
         config = detect_config(state_dict, "bare.safetensors")
     assert config == VARIANTS["sigma-1024"].replace(depth=1)
-    assert "cannot tell PixArt-Σ from PixArt-α" in caplog.text
+    assert "cannot tell PixArt-Sigma from PixArt-alpha" in caplog.text
     assert "assuming 1024 px" in caplog.text
 
 
@@ -41,7 +41,7 @@ def test_alpha_micro_conditions_need_no_hint(caplog):
     state_dict = official_like("alpha-1024", pos_embed=False, null_caption=False)
     with caplog.at_level(logging.WARNING):
         assert detect_config(state_dict, "a.safetensors").family == "alpha"
-    assert "Σ from PixArt-α" not in caplog.text
+    assert "Sigma from PixArt-alpha" not in caplog.text
 
 
 def test_explicit_variant_wins_over_file_hints():

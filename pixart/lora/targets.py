@@ -27,7 +27,7 @@ class LoraTarget:
 
     ``rows`` is ``chunk`` of ``chunks`` equal row blocks of the weight: q, k, v of ``attn.qkv`` are chunks 0-2 of 3,
     k, v of ``cross_attn.kv_linear`` chunks 0-1 of 2; a whole weight is chunk 0 of 1. For a convolution
-    (``x_embedder.proj``, (C, C_in, p, p)) ``in`` is C_in·p·p and the update is reshaped to the kernel.
+    (``x_embedder.proj``, (C, C_in, p, p)) ``in`` is C_in*p*p and the update is reshaped to the kernel.
     """
 
     key: str  # official weight key, e.g. "blocks.3.attn.qkv.weight"

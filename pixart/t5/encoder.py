@@ -1,7 +1,7 @@
 """Prompt -> T5 hidden states and mask, the way diffusers' ``PixArtSigmaPipeline.encode_prompt`` builds them.
 
 Per prompt (the ``clean_caption=False`` path of ``encode_prompt``, its default): lowercase and strip, tokenize with
-``</s>`` appended, truncate to ``max_length`` tokens (300 for Σ, 120 for α; §3.1 of the PixArt-Σ paper), pad with
+``</s>`` appended, truncate to ``max_length`` tokens (300 for Sigma, 120 for alpha; PixArt-Sigma paper §3.1), pad with
 ``<pad>`` to exactly ``max_length``, and run the encoder with the attention mask. The negative prompt ("" by
 default) goes through the same call. Not implemented: diffusers' ``clean_caption=True`` (DeepFloyd IF's regex/HTML
 caption cleaner, which needs bs4 and ftfy); ``lowercase=False`` keeps the case instead.
@@ -138,7 +138,7 @@ class T5PromptEncoder:
 
         Args:
             prompts: B prompts (a str is a batch of one); "" is the usual negative prompt.
-            max_length: L, tokens per prompt: 300 for PixArt-Σ, 120 for PixArt-α.
+            max_length: L, tokens per prompt: 300 for PixArt-Sigma, 120 for PixArt-alpha.
             lowercase: lowercase prompts like diffusers' default (``clean_caption=False``) path.
 
         Returns:
