@@ -1,4 +1,4 @@
-"""Time a full PixArt-Σ generation inside ComfyUI: this pack's nodes against ComfyUI's built-in PixArt path.
+"""Time a full PixArt-Sigma generation inside ComfyUI: this pack's nodes against ComfyUI's built-in PixArt path.
 
 Cases, all on the same random DiT (official keys, width 1152, 16 heads, 4096 caption channels, ``--depth`` blocks;
 scripts/tiny_weights.py), the same latent size, seed, steps, CFG, sampler and scheduler:
@@ -40,10 +40,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_host import comfy_version, find_comfy, run_workflow, tiny_weights  # noqa: E402
+from scripts import tiny_weights
+from scripts.comfy_checkout import NoInterpreter, choose_interpreter, find_comfy
+from scripts.comfy_server import ComfyServer, PromptRejected, ServerFailed, WorkflowFailed
+from scripts.comfy_tree import comfy_version
 
 log = logging.getLogger("bench_sampler")
 DIT, T5, CLIP_T5, VAE = (
@@ -126,7 +129,7 @@ def timed_run(server, prompt: dict, what: str, timeout: float) -> tuple[float, f
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfy", type=Path, default=None, help="ComfyUI checkout (default: $COMFYUI_PATH)")
-    parser.add_argument("--python", help="interpreter for ComfyUI (default: $COMFYUI_PYTHON or a venv next to it)")
+    parser.add_argument("--python", help="ComfyUI's interpreter (default: $COMFYUI_PYTHON, else the first that works)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument(
         "--builtin-cond",
@@ -153,13 +156,13 @@ def parse_args() -> argparse.Namespace:
         parser.error("--size must be a multiple of 16 (patch 2 of 8-px latents)")
     if "builtin" in args.cases and args.size < 512:
         parser.error("ComfyUI's built-in PixArt crashes below 64 latent px a side: use --size >= 512 or drop builtin")
+    args.comfy, why = find_comfy(args.comfy)
     if args.comfy is None:
-        comfy, why = find_comfy()
-        if comfy is None:
-            parser.error(f"give --comfy: {why}")
-        args.comfy = comfy
-    if not (args.comfy / "main.py").is_file():
-        parser.error(f"{args.comfy} is not a ComfyUI checkout (no main.py)")
+        parser.error(why)
+    try:
+        args.interpreter = choose_interpreter(args.comfy, args.python)
+    except NoInterpreter as e:
+        parser.error(str(e))
     return args
 
 
@@ -177,13 +180,14 @@ def main() -> int:
     # The CLIPLoader stand-in leaves most of T5-XXL unloaded: it must read as zeros (see scripts/tiny_weights.py).
     env = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     extra = ["--cache-lru", "64", "--preview-method", "none"]  # all cases stay cached; no step previews
-    server = run_workflow.ComfyServer(args.comfy, base, args.python, cpu=not args.gpu, extra_args=extra, env=env)
+    env |= args.interpreter.env
+    server = ComfyServer(args.comfy, base, args.interpreter.python, cpu=not args.gpu, extra_args=extra, env=env)
     times: dict[str, list[float]] = {c: [] for c in cases}
     cpu: dict[str, list[float]] = {c: [] for c in cases}
     try:
         with server:
-            if "IMPORT FAILED" in server.log():
-                raise RuntimeError(f"the pack failed to import:\n{server.log()[-3000:]}")
+            if server.import_failed():
+                raise ServerFailed(f"the pack failed to import:\n{server.tail()}")
             for case in cases:
                 log.info("%s: warm-up (loading, encoding, first sampling)", case)
                 server.run(case_prompt(case, args, args.seed), args.timeout)
@@ -193,7 +197,7 @@ def main() -> int:
                     times[case].append(seconds)
                     cpu[case].append(cpu_s)
                     log.info("%s: repeat %d/%d %.2f s (CPU %.1f s)", case, i + 1, args.repeats, seconds, cpu_s)
-    except (run_workflow.PromptRejected, run_workflow.WorkflowFailed, RuntimeError, TimeoutError) as e:
+    except (PromptRejected, WorkflowFailed, ServerFailed, RuntimeError, TimeoutError) as e:
         log.error("%s\n(ComfyUI log: %s)", e, server.log_path)
         return 1
     decode = statistics.median(times[DECODE])

@@ -3,7 +3,7 @@
 The images they make are noise: this checks plumbing (loaders, conditioning, sampling, decoding), not quality.
 
 - PixArt DiT (PixArtSigmaDiTLoader, UNETLoader): official keys, the real width (1152, 16 heads, so ComfyUI's built-in
-  PixArt can load it too) and T5-XXL caption width (4096), but 1 block; Σ or α from the variant or the file name.
+  PixArt can load it too) and T5-XXL caption width (4096), 1 block; Sigma or alpha from the variant or the file name.
 - T5 (PixArtSigmaT5Loader): a 1-layer T5 v1.1 of width 4096 with the full 32128-token vocabulary (so ComfyUI's
   bundled tokenizer fits), stored in bf16.
 - T5 for ComfyUI's CLIPLoader (type pixart, a ``.pth``): ComfyUI builds a full T5-XXL whatever the file holds and

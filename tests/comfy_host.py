@@ -1,51 +1,44 @@
-"""Finding and starting a ComfyUI test host for the ``comfy``-marked tests.
+"""The ComfyUI test host for the ``comfy``-marked tests, on top of the shared helpers in ``scripts/``.
 
 The checkout is ``$COMFYUI_PATH``, else the ComfyUI this repository sits in (``ComfyUI/custom_nodes/<this repo>``).
-Its interpreter is ``$COMFYUI_PYTHON``, else ``venv/`` or ``.venv/`` inside the checkout or beside it, else the
-interpreter running the tests. The server code is ``scripts/run_workflow.py``'s (one implementation for both).
+Its interpreter is the first that imports the checkout's requirements (scripts/comfy_checkout.py: ``$COMFYUI_PYTHON``,
+else a venv in or beside the checkout, else the test venv of scripts/comfy_env.py, else the one running the tests);
+with none, the tests skip and the reason lists what was tried.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
+from scripts import comfy_checkout
+from scripts import tiny_weights as tiny_weights  # re-exported for the tests
+from scripts.comfy_server import ComfyServer
+from scripts.comfy_server import error_message as error_message  # re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "example_workflows"
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"pixart_scripts_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-run_workflow = _load_script("run_workflow")
-tiny_weights = _load_script("tiny_weights")
+@functools.cache
+def _interpreter(comfy: Path) -> comfy_checkout.Interpreter | str:
+    try:
+        return comfy_checkout.choose_interpreter(comfy)
+    except comfy_checkout.NoInterpreter as e:
+        return str(e)
 
 
 def find_comfy() -> tuple[Path | None, str]:
-    """(checkout, "") or (None, why none was found)."""
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        path = Path(env).expanduser()
-        if (path / "main.py").is_file() and (path / "comfy").is_dir():
-            return path, ""
-        return None, f"COMFYUI_PATH={env} is not a ComfyUI checkout (no main.py and comfy/)"
-    parent = REPO.parent
-    if parent.name == "custom_nodes" and (parent.parent / "main.py").is_file():
-        return parent.parent, ""
-    return None, "no ComfyUI: set COMFYUI_PATH to a checkout (or clone this repo into ComfyUI/custom_nodes/)"
-
-
-def comfy_version(comfy: Path) -> str:
-    text = (comfy / "comfyui_version.py").read_text() if (comfy / "comfyui_version.py").is_file() else ""
-    return text.split('"')[-2] if '"' in text else "unknown"
+    """(checkout, "") when a checkout and an interpreter that runs it were found, else (None, why not)."""
+    comfy, why = comfy_checkout.find_comfy()
+    if comfy is None:
+        return None, why
+    interpreter = _interpreter(comfy)
+    return (comfy, "") if isinstance(interpreter, comfy_checkout.Interpreter) else (None, interpreter)
 
 
 def example_prompts() -> dict[str, dict]:
@@ -96,8 +89,12 @@ def start_server(comfy: Path, base: Path):
     site = base / "test-site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(ZEROED_EMPTY)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    server = run_workflow.ComfyServer(comfy, base, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env)
+    interpreter = _interpreter(comfy)
+    paths = [str(site), interpreter.env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))]
+    env = {**interpreter.env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    server = ComfyServer(
+        comfy, base, interpreter.python, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env
+    )
     return server.start()
 
 

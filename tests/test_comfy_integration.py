@@ -1,5 +1,7 @@
-"""The node pack inside a real ComfyUI (marker ``comfy``): loading, /object_info, the example workflows, interop with
-ComfyUI's own PixArt nodes, errors, interrupts and model reuse. Tiny random weights (scripts/tiny_weights.py).
+"""The node pack inside a real ComfyUI (marker ``comfy``): loading, /object_info, the example workflows (those
+shipped now and the four shipped with 0.1, tests/fixtures/workflows_v0_1/), interop with ComfyUI's own PixArt nodes,
+errors, checks before a prompt runs, sizes refused before allocation, symlinked models, interrupts and model reuse.
+Tiny random weights (scripts/tiny_weights.py).
 
 Every run's sampled latent (SaveLatent added to the graph) is compared with ``pixart`` plus an independent
 DPM-Solver++(2M) over ComfyUI's schedule; the decoded images are only checked for their size (the VAE is random).
@@ -10,17 +12,20 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from comfy_host import (
     bundled_tokenizer,
+    error_message,
     example_prompts,
     find_comfy,
     nodes_of,
-    run_workflow,
     start_server,
     tiny_weights,
 )
@@ -32,7 +37,11 @@ from pixart.text_encoder import load_t5
 pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
 OUR_NODES = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
-             "PixArtSigmaResolution"}  # fmt: skip
+             "PixArtSigmaResolution", "PixArtSigmaLoraLoader"}  # fmt: skip
+V0_1 = Path(__file__).resolve().parent / "fixtures" / "workflows_v0_1"
+# The final latents of the 0.1 workflows (``fast`` settings, tiny weights) as the pre-V3 nodes (commit 1eff523) gave
+# them in ComfyUI 0.33.0 and 0.3.64 (identical in both): shape, sum, sum of |x|, first values.
+V0_1_LATENTS = json.loads((V0_1 / "latents_before_v3.json").read_text())
 STEPS = 3
 DIT = "PixArt-Sigma-XL-2-1024-MS.pth"
 T5 = "t5xxl_fp16.safetensors"
@@ -58,13 +67,25 @@ def fast(prompt: dict, name: str, steps: int = STEPS, seed: int | None = None) -
     return prompt
 
 
+def v0_1_prompts() -> dict[str, dict]:
+    """{name: API prompt} of the four example workflows as shipped with 0.1."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((V0_1 / "api").glob("*.json"))}
+
+
+EXAMPLE_CASES = [("examples", n) for n in sorted(example_prompts())] + [("v0_1", n) for n in sorted(v0_1_prompts())]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if COMFY is None:
         pytest.skip(WHY)
     base = tmp_path_factory.mktemp("comfy-base")
     models = base / "models"
-    tiny_weights.write_tiny_models(models, [*example_prompts().values(), interop_prompt()])
+    tiny_weights.write_tiny_models(models, [*example_prompts().values(), *v0_1_prompts().values(), interop_prompt()])
+    # The DiT every example loads lies outside models/ and is symlinked into it, as users keep large files.
+    outside = tmp_path_factory.mktemp("outside-models")
+    os.replace(models / "diffusion_models" / DIT, outside / DIT)
+    (models / "diffusion_models" / DIT).symlink_to(outside / DIT)
     tiny_weights.write(models / "diffusion_models" / "not_a_pixart.safetensors", tiny_weights.vae_state_dict(0.13))
     tiny_weights.write(models / "text_encoders" / "t5_narrow.safetensors", tiny_weights.t5_state_dict(d_model=64))
     srv = start_server(COMFY, base)
@@ -81,7 +102,7 @@ def saved_latent(server, entry: dict) -> torch.Tensor:
 
 
 def log_sigmas() -> torch.Tensor:
-    """log σ_t of the 1000 training steps: linear betas 1e-4..0.02 (ComfyUI's "sqrt_linear")."""
+    """log sigma_t of the 1000 training steps: linear betas 1e-4..0.02 (ComfyUI's "sqrt_linear")."""
     alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float().log()
 
@@ -93,7 +114,7 @@ def sigma_at(t: float) -> torch.Tensor:
 
 
 def timestep_at(sigma: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``sigma_at``: interpolate log σ between the two nearest training steps."""
+    """Inverse of ``sigma_at``: interpolate log sigma between the two nearest training steps."""
     table, log_sigma = log_sigmas(), sigma.log()
     low = int((log_sigma - table >= 0).cumsum(0).argmax().clamp(max=len(table) - 2))
     w = ((table[low] - log_sigma) / (table[low] - table[low + 1])).clamp(0, 1)
@@ -160,11 +181,21 @@ def test_object_info_lists_the_nodes(server):
     assert set(info) >= OUR_NODES, sorted(OUR_NODES - set(info))
     for name in OUR_NODES:
         node = info[name]
-        assert "PixArt Sigma" in node["display_name"] and node["category"].startswith("PixArt-Σ")
+        assert "PixArt Sigma" in node["display_name"] and node["category"].startswith("PixArt-Sigma")
+        assert "PixArt Sigma" in node["description"]
         for input_name, spec in node["input"]["required"].items():
             assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
-    assert "dpmpp_2m" in info["PixArtSigmaSampler"]["input"]["required"]["sampler_name"][0]
-    assert DIT in info["PixArtSigmaDiTLoader"]["input"]["required"]["ckpt_name"][0]
+        assert all(node["output_tooltips"]), name
+        json.dumps(node).encode("cp1252")  # everything a user sees encodes on Windows consoles
+    sampler = info["PixArtSigmaSampler"]["input"]["required"]
+    assert "dpmpp_2m" in choices(sampler["sampler_name"]) and sampler["seed"][1]["control_after_generate"]
+    assert DIT in choices(info["PixArtSigmaDiTLoader"]["input"]["required"]["ckpt_name"])
+    assert info["PixArtSigmaResolution"]["output_name"] == ["latent", "width", "height", "note"]
+
+
+def choices(spec) -> list:
+    """The choices of a combo input in /object_info: V1 lists them first, V3 as ("COMBO", {"options": [...]})."""
+    return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
 
 
 def test_example_workflows_are_templates(server):
@@ -172,11 +203,18 @@ def test_example_workflows_are_templates(server):
     assert sorted(templates.get("comfyui-pixart-sigma", [])) == sorted(example_prompts())
 
 
-@pytest.mark.parametrize("name", sorted(example_prompts()))
-def test_example_workflow_runs_and_matches_pixart(server, name):
-    prompt = fast(example_prompts()[name], f"test_{name}")
+@pytest.mark.parametrize(("source", "name"), EXAMPLE_CASES)
+def test_example_workflow_runs_and_matches_pixart(server, source, name):
+    prompts = example_prompts() if source == "examples" else v0_1_prompts()
+    prompt = fast(prompts[name], f"test_{source}_{name}")
     entry = server.run(prompt, timeout=300)
     latent = saved_latent(server, entry)
+    if source == "v0_1":  # the V3 nodes give what the pre-V3 nodes gave
+        before = V0_1_LATENTS[name]
+        assert list(latent.shape) == before["shape"]
+        got = [float(latent.double().sum()), float(latent.double().abs().sum()), *map(float, latent.flatten()[:8])]
+        want = [before["sum"], before["abs_sum"], *before["first"]]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-3 * before["max_abs"]), name
     family = "alpha" if "alpha" in name else "sigma"
     want = reference_latent(server.base / "models", prompt, tuple(latent.shape), family)
     assert_close(latent, want, name)
@@ -248,7 +286,7 @@ def _failure(server, prompt: dict) -> str:
 
 
 def server_error(entry: dict) -> str:
-    return run_workflow.error_message(entry)
+    return error_message(entry)
 
 
 @pytest.mark.parametrize(
@@ -333,3 +371,49 @@ def test_torch_compile_model_node_compiles_our_dit(server):
     latent = saved_latent(server, server.run(prompt, timeout=900))
     want = reference_latent(server.base / "models", prompt, tuple(latent.shape), "sigma")
     assert_close(latent, want, "TorchCompileModel")
+
+
+# --- checks before a prompt runs, sizes refused before allocation ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node_type", "change", "expected"),
+    [
+        ("PixArtSigmaSampler", {"cfg": math.nan}, "PixArt Sigma Sampler: cfg must be a finite number, got nan"),
+        ("PixArtSigmaSampler", {"denoise": math.inf}, "PixArt Sigma Sampler: denoise must be a finite number"),
+        ("PixArtSigmaSampler", {"cfg": 150.0}, "cfg must be between 0.0 and 100.0, got 150.0"),
+        ("PixArtSigmaSampler", {"steps": 0}, "Value 0 smaller than min of 1"),  # ComfyUI's own check still runs
+        ("PixArtSigmaDiTLoader", {"kv_compress": "avgpool", "kv_layers": "14-x"}, "kv_layers: KV layers '14-x'"),
+        ("PixArtSigmaDiTLoader", {"kv_factor": 9}, "Value 9 bigger than max of 8"),
+    ],
+    ids=["cfg-nan", "denoise-inf", "cfg-range", "steps-comfy-check", "kv-layers", "kv-factor-comfy-check"],
+)
+def test_bad_inputs_are_refused_before_the_prompt_runs(server, node_type, change, expected):
+    """validate_inputs reports on the node; ComfyUI keeps its own range checks of the inputs it does not declare."""
+    prompt = fast(v0_1_prompts()["pixart_sigma_1024"], "test_refused")
+    (node_id,) = nodes_of(prompt, node_type)
+    prompt[node_id]["inputs"].update(change)
+    with pytest.raises(RuntimeError) as rejected:  # PromptRejected: nothing was queued
+        server.queue(prompt)
+    text = str(rejected.value)
+    assert expected in text and f'"{node_id}"' in text, text
+
+
+def test_sizes_that_cannot_fit_are_refused_before_allocating(server):
+    """A 16384 x 16384 px batch through PixArt Sigma Resolution (its images alone exceed any RAM) and an 8-image
+    16384 x 16384 latent into PixArt Sigma Sampler (sampling needs hundreds of GiB): each a short message with the
+    numbers and a way out, and the server keeps running."""
+    prompt = fast(v0_1_prompts()["pixart_sigma_1024"], "test_huge")
+    prompt["5"]["inputs"].update(aspect_ratio="custom (width x height, snapped)", width=16384, height=16384)
+    prompt["5"]["inputs"]["batch_size"] = 4096
+    message = _failure(server, prompt)
+    assert "PixArt Sigma Resolution: 4096 x 16384x16384 px needs" in message and "smaller batch_size" in message
+    prompt = fast(v0_1_prompts()["pixart_sigma_stock_ksampler"], "test_huge")
+    (sampler_id,) = nodes_of(prompt, "KSampler")
+    (latent_id,) = nodes_of(prompt, "EmptyLatentImage")
+    prompt[sampler_id]["class_type"] = "PixArtSigmaSampler"
+    prompt[latent_id]["inputs"].update(width=16384, height=16384, batch_size=8)
+    message = _failure(server, prompt)
+    assert "PixArt Sigma Sampler: 8 x 16384x16384 px needs at least" in message, message
+    assert "KV compression" in message and len(message) < 600, message
+    assert server.get("/system_stats")

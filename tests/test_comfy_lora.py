@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from comfy_host import example_prompts, find_comfy, nodes_of, run_workflow, start_server, tiny_weights
+from comfy_host import error_message, example_prompts, find_comfy, nodes_of, start_server, tiny_weights
 from lora_fixtures import random_lora, write_adapter_folder, write_kohya, write_official_keys
 from safetensors.torch import load_file
 
@@ -111,7 +111,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_node_is_listed_with_files_and_folders(host):
     node = host.get("/object_info/PixArtSigmaLoraLoader")["PixArtSigmaLoraLoader"]
-    assert node["display_name"] == "PixArt Sigma LoRA Loader" and node["category"] == "PixArt-Σ"
+    assert node["display_name"] == "PixArt Sigma LoRA Loader" and node["category"] == "PixArt-Sigma"
     assert node["output_tooltips"] and "PixArt Sigma" in node["description"]
     for name, spec in node["input"]["required"].items():
         assert spec[1].get("tooltip"), name
@@ -159,7 +159,7 @@ def test_stacked_loras(host):
 def test_lora_that_does_not_fit_stops_the_run(host, name, expected):
     entry = host.wait(host.queue(lora_prompt([(name, 1.0)])), timeout=300)
     assert entry["status"]["status_str"] == "error"
-    message = run_workflow.error_message(entry)
+    message = error_message(entry)
     assert expected in message and name in message, message
 
 

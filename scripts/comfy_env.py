@@ -1,0 +1,154 @@
+"""The interpreter for the ``comfy``-marked tests: one venv, outside the clone and reused, that runs every ComfyUI tree
+under ``../shared/comfyui`` (or the trees named with ``--comfy``) on CPU.
+
+    python scripts/comfy_env.py                      # build it (or check it is complete) and print its python
+    python scripts/comfy_env.py --comfy ~/ComfyUI    # for another tree
+
+Recipe (../shared/comfyui/README.md): PyPI's torch 2.11 with the torchvision/torchaudio built for it (the CPU torch
+of the test runner cannot load PyPI's torchvision), then the newest tree's requirements without the torch lines plus
+torchsde. A tree that pins other ``comfyui-*`` frontend/templates packages gets them in a folder of their own
+(``pip install --no-deps --target``), put first on its PYTHONPATH (``tree_env``). The venv lives in
+``$PIXART_COMFY_VENV``, else ``$XDG_CACHE_HOME/comfyui-pixart-sigma/comfy-venv`` (default ``~/.cache/...``); a
+marker file written last says it is complete, so an interrupted build is resumed, not trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.comfy_tree import REPO, comfy_version, frontend_pins, requirement_lines, requirement_name, version_key
+
+log = logging.getLogger("comfy_env")
+TORCH = ["torch==2.11.0", "torchvision==0.26.0", "torchaudio==2.11.0"]
+EXTRA = ["torchsde"]
+MARKER = "pixart-comfy-env.json"
+
+
+def venv_dir() -> Path:
+    if os.environ.get("PIXART_COMFY_VENV"):
+        return Path(os.environ["PIXART_COMFY_VENV"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "comfyui-pixart-sigma" / "comfy-venv"
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def shared_trees(repo: Path = REPO) -> list[Path]:
+    """The ComfyUI trees in ``<repo>/../shared/comfyui/``, newest version first (none when that folder is absent)."""
+    root = repo.parent / "shared" / "comfyui"
+    trees = [p for p in root.iterdir() if (p / "main.py").is_file()] if root.is_dir() else []
+    return sorted(trees, key=lambda p: version_key(comfy_version(p)), reverse=True)
+
+
+def _pins_key(pins: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(pins)).encode()).hexdigest()[:12]
+
+
+def base_requirements(trees: list[Path]) -> list[str]:
+    """The newest tree's requirement lines without torch/torchvision/torchaudio, plus the lines of older trees whose
+    distributions it does not name (their ``comfyui-*`` pins excepted)."""
+    lines: dict[str, str] = {}
+    for index, tree in enumerate(trees):
+        for line in requirement_lines(tree):
+            name = requirement_name(line)
+            if name in ("torch", "torchvision", "torchaudio") or (index and name.startswith("comfyui-")):
+                continue
+            lines.setdefault(name, line)
+    return list(lines.values())
+
+
+def read_marker(venv: Path | None = None) -> dict | None:
+    path = (venv or venv_dir()) / MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ready_python() -> str | None:
+    """The venv's python when a build completed, else None."""
+    venv = venv_dir()
+    return str(venv_python(venv)) if read_marker(venv) is not None and venv_python(venv).is_file() else None
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """Extra environment for running ``tree`` with the venv: its own ``comfyui-*`` folder first on PYTHONPATH when its
+    pins differ from the venv's."""
+    marker = read_marker() or {}
+    site = marker.get("sites", {}).get(_pins_key(frontend_pins(tree)), "")
+    if not site:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
+
+
+def _pip(python: Path, *args: str, isolated: bool = False) -> None:
+    cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    cmd += ["--isolated"] if isolated else []
+    log.info("$ %s", " ".join([*cmd, *args]))
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"pip failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+
+
+def build(trees: list[Path], venv: Path | None = None) -> Path:
+    """Build (or complete) the venv for ``trees`` (newest first); returns its python. Reuses a finished build that
+    already covers them."""
+    venv = venv or venv_dir()
+    python = venv_python(venv)
+    wanted = list(dict.fromkeys(base_requirements(trees) + EXTRA))
+    newest_pins = frontend_pins(trees[0])
+    sites = {_pins_key(newest_pins): ""}
+    for tree in trees[1:]:
+        pins = frontend_pins(tree)
+        sites.setdefault(_pins_key(pins), str(venv / "sites" / _pins_key(pins)))
+    marker = read_marker(venv)
+    if (
+        marker
+        and python.is_file()
+        and set(wanted) <= set(marker["requirements"])
+        and sites.items() <= marker["sites"].items()
+    ):
+        log.info("reusing %s (complete for %s)", venv, ", ".join(comfy_version(t) for t in trees))
+        return python
+    start = time.monotonic()
+    (venv / MARKER).unlink(missing_ok=True)
+    if not python.is_file():
+        log.info("creating %s", venv)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    _pip(python, *TORCH, isolated=True)  # PyPI's builds, not a local CPU wheel that PyPI's torchvision cannot load
+    _pip(python, *wanted, *TORCH)
+    for tree in trees[1:]:
+        site = sites[_pins_key(frontend_pins(tree))]
+        if site:
+            _pip(python, "--no-deps", "--upgrade", "--target", site, *frontend_pins(tree))
+    (venv / MARKER).write_text(json.dumps({"requirements": wanted, "sites": sites}, indent=1))
+    log.info("built %s in %.0f s", venv, time.monotonic() - start)
+    return python
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfy", type=Path, action="append", help="a ComfyUI tree (repeatable; default: ../shared)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    trees = sorted(args.comfy, key=lambda p: version_key(comfy_version(p)), reverse=True) if args.comfy else []
+    trees = trees or shared_trees()
+    if not trees:
+        log.info("no ComfyUI trees in %s and no --comfy: nothing to build", REPO.parent / "shared" / "comfyui")
+        return 0
+    print(build([t.resolve() for t in trees]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
