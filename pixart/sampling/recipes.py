@@ -1,0 +1,147 @@
+"""The sampling recipe of each PixArt checkpoint, and ``sample``, which runs one on a PixArt transformer.
+
+Each recipe is what the checkpoint's authors run in diffusers (model card / shipped scheduler config); the tests
+prove ``sample`` equal to that pipeline on the same weights, start latents and prompt embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .schedules import NoiseSchedule, lcm_timesteps, spaced_timesteps
+from .solvers import Denoiser, sample_dpmpp_2m, sample_lcm, sample_one_step
+
+SOLVERS = ("one_step", "lcm", "dpmpp_2m")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a checkpoint is sampled."""
+
+    solver: str  # "one_step" (x_0 at one timestep), "lcm" (consistency steps) or "dpmpp_2m" (DPM-Solver++ 2M)
+    steps: int  # model evaluations (cond + uncond count once)
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    timestep: int = 400  # one_step: the timestep the model was distilled at
+    spacing: str = "linspace"  # dpmpp_2m: timestep spacing (see spaced_timesteps)
+    original_steps: int = 50  # lcm: steps of the distillation schedule
+    cfg: float = 1.0  # guidance scale; <= 1 runs the prompt only, as diffusers does
+    clip_sample: float | None = None  # one_step: clamp x_0 to [-clip_sample, clip_sample] (DDPMScheduler option)
+    reference: str = ""  # the diffusers call this reproduces
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"Recipe.solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.steps < 1:
+            raise ValueError(f"Recipe.steps must be >= 1, got {self.steps}")
+        if self.solver == "one_step" and self.steps != 1:
+            raise ValueError(f"Recipe: a one_step recipe takes 1 step, got {self.steps}")
+        if not 0 <= self.timestep < self.schedule.train_steps:
+            raise ValueError(f"Recipe.timestep must be in 0..{self.schedule.train_steps - 1}, got {self.timestep}")
+
+    def timesteps(self) -> list[int]:
+        """The descending training timesteps the model is evaluated at."""
+        if self.solver == "one_step":
+            return [self.timestep]
+        if self.solver == "lcm":
+            return lcm_timesteps(self.steps, self.original_steps, self.schedule.train_steps)
+        return spaced_timesteps(self.steps, self.spacing, self.schedule.train_steps)
+
+
+_V_ZSNR = NoiseSchedule(prediction="v_prediction", zero_terminal_snr=True)
+
+RECIPES: dict[str, Recipe] = {
+    "sigma-reference": Recipe(
+        "dpmpp_2m", 20, cfg=4.5, reference="PixArtSigmaPipeline default: DPMSolverMultistepScheduler, 20 steps, CFG 4.5"
+    ),
+    "alpha-dmd-512": Recipe(
+        "one_step", 1, timestep=400, reference="PixArt-alpha-DMD-XL-2-512x512: DDPMScheduler, timesteps=[400], CFG 1"
+    ),
+    "nitro-1": Recipe("one_step", 1, timestep=400, reference="Nitro-1-PixArt: one step at timestep 400, no CFG"),
+    "lcm": Recipe("lcm", 4, reference="PixArt-LCM-XL-2-1024-MS: LCMScheduler (50 original steps), 4 steps, CFG 1"),
+    "flash-pixart": Recipe(
+        "lcm",
+        4,
+        reference="Flash-PixArt: LCMScheduler(timestep_spacing='trailing'), 4 steps, CFG 0 (LCMScheduler ignores "
+        "timestep_spacing, so these are the LCM timesteps)",
+    ),
+    "yoso": Recipe(
+        "lcm",
+        1,
+        schedule=NoiseSchedule(prediction="v_prediction"),
+        reference="YOSO-PixArt-alpha: LCMScheduler(prediction_type='v_prediction'), 1 step",
+    ),
+    "sigma-900m-v": Recipe(
+        "dpmpp_2m",
+        20,
+        schedule=_V_ZSNR,
+        spacing="trailing",
+        cfg=4.5,
+        reference="PixArt-Sigma-900M (v-prediction revisions): DPMSolverMultistepScheduler(prediction_type="
+        "'v_prediction', rescale_betas_zero_snr=True, timestep_spacing='trailing')",
+    ),
+}
+
+
+def pixart_denoiser(
+    model: torch.nn.Module,
+    caption: Tensor,
+    caption_mask: Tensor | None = None,
+    negative: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+    cfg: float = 1.0,
+) -> Denoiser:
+    """A ``Denoiser`` on a ``PixArtTransformer``: its first C_in output channels (the learned variance dropped),
+    guided as ``uncond + cfg (cond - uncond)`` when ``cfg > 1`` (diffusers' rule; ``negative`` is then required).
+
+    caption: (B, L, caption_channels), caption_mask (B, L); negative/negative_mask likewise (any L).
+    """
+    guided = cfg > 1.0
+    if guided and negative is None:
+        raise ValueError(f"pixart_denoiser: cfg {cfg} > 1 needs negative caption states")
+    channels = model.config.in_channels
+
+    def denoise(x: Tensor, t: Tensor) -> Tensor:
+        cond = model(x, t, caption, caption_mask)[:, :channels]
+        if not guided:
+            return cond
+        uncond = model(x, t, negative, negative_mask)[:, :channels]
+        return uncond + cfg * (cond - uncond)
+
+    return denoise
+
+
+def sample(
+    recipe: Recipe,
+    denoise: Denoiser,
+    noise: Tensor,
+    generator: torch.Generator | None = None,
+    timesteps: Sequence[int] | None = None,
+) -> Tensor:
+    """Run ``recipe`` from unit-variance ``noise`` (B, C_in, H, W); returns x_0 (B, C_in, H, W).
+
+    generator: the LCM solver's noise between steps. timesteps: override ``recipe.timesteps()``.
+    """
+    timesteps = list(recipe.timesteps() if timesteps is None else timesteps)
+    if recipe.solver == "one_step":
+        return sample_one_step(denoise, noise, recipe.schedule, timesteps[0], recipe.clip_sample)
+    if recipe.solver == "lcm":
+        return sample_lcm(denoise, noise, recipe.schedule, timesteps, generator)
+    return sample_dpmpp_2m(denoise, noise, recipe.schedule, timesteps)
+
+
+def sample_two_stage(recipe: Recipe, stage1: Denoiser, stage2: Denoiser, noise: Tensor, handover: float) -> Tensor:
+    """Two expert checkpoints (PixArt-Sigma-900M v0.7 stage-1 / stage-2): ``stage1`` runs the first
+    ``round(handover * steps)`` DPM-Solver++ steps, ``stage2`` the rest with a fresh solver history, as two
+    pipelines (or two KSamplerAdvanced nodes with start/end steps) do."""
+    if recipe.solver != "dpmpp_2m":
+        raise ValueError(f"sample_two_stage: needs a dpmpp_2m recipe, got {recipe.solver!r}")
+    timesteps = recipe.timesteps()
+    split = round(handover * len(timesteps))
+    if not 0 < split < len(timesteps):
+        raise ValueError(f"sample_two_stage: handover {handover} of {len(timesteps)} steps leaves a stage empty")
+    x = sample_dpmpp_2m(stage1, noise, recipe.schedule, timesteps[:split], end_timestep=timesteps[split])
+    return sample_dpmpp_2m(stage2, x, recipe.schedule, timesteps[split:])
