@@ -91,7 +91,8 @@ class PixArtSigmaT5Loader(io.ComfyNode):
                 io.Boolean.Input(
                     "offload_after_encode",
                     default=True,
-                    tooltip="Move the T5 weights back to RAM after each encode, freeing VRAM for the DiT.",
+                    tooltip="Kept for saved workflows, no longer used: ComfyUI's memory manager holds the T5 and moves "
+                    "it to RAM when the DiT needs the VRAM (and on 'unload models').",
                 ),
             ],
             outputs=[T5Encoder.Output(tooltip="The T5 text encoder with its tokenizer, for PixArt Sigma Text Encode.")],
@@ -102,11 +103,12 @@ class PixArtSigmaT5Loader(io.ComfyNode):
         import comfy.model_management as mm
 
         from ..pixart.text_encoder import load_t5
+        from .t5_model import ManagedT5
 
         compute, storage = (torch_dtype(name) for name in pick(T5_DTYPES, dtype, "PixArt Sigma T5 Loader dtype"))
         devices = {"default": mm.text_encoder_device, "gpu": mm.get_torch_device, "cpu": lambda: torch.device("cpu")}
         run_device = torch.device(pick(devices, device, "PixArt Sigma T5 Loader device")())
-        offload = torch.device(mm.text_encoder_offload_device()) if offload_after_encode else None
+        offload = torch.device(mm.text_encoder_offload_device())
         if tokenizer == "auto":
             explicit = None
         elif tokenizer == BUNDLED_TOKENIZER:
@@ -117,9 +119,8 @@ class PixArtSigmaT5Loader(io.ComfyNode):
             find_model(T5_KINDS, t5_name),
             tokenizer=explicit,
             dtype=compute,
-            device=run_device,
+            device=offload,
             fallback_tokenizer_dirs=bundled_tokenizer_dirs(),
-            offload_device=None if offload == run_device else offload,
             weight_dtype=storage,
         )
-        return io.NodeOutput(encoder)
+        return io.NodeOutput(ManagedT5(encoder, run_device, offload))

@@ -57,9 +57,7 @@ class PixArtSigmaTextEncode(io.ComfyNode):
         import comfy.model_management as mm
 
         max_length = pick(MAX_TOKENS, model_family, "PixArt Sigma Text Encode model_family")
-        if t5.device.type != "cpu":  # make room: ComfyUI does not track the T5's weights
-            mm.free_memory(mm.module_size(t5.model) * 1.2, t5.device)
-        states, mask = t5.encode([text], max_length=max_length)  # (1, L, C), (1, L)
+        states, mask = t5.encode([text], max_length=max_length)  # (1, L, C), (1, L); ComfyUI loads the T5 first
         keep = mask[0] > 0
         states = states[:, keep.to(states.device)].to(mm.intermediate_device(), torch.float32)  # (1, L_real, C)
         attention_mask = torch.ones(states.shape[:2], dtype=torch.float32, device=states.device)
