@@ -99,9 +99,10 @@ def check_prediction(model, recipe_name: str) -> None:
     wanted = PREDICTIONS[RECIPES[recipe_name].schedule.prediction]
     sampling = model.get_model_object("model_sampling")
     if not isinstance(sampling, wanted):
+        found = [name for name, kind in PREDICTIONS.items() if isinstance(sampling, kind)] or [type(sampling).__name__]
         raise ValueError(
-            f"{WHO}: recipe {recipe_name!r} is for a {wanted.__name__} model, but this MODEL samples as "
-            f"{type(sampling).__mro__[1].__name__}; put PixArt Sigma Noise Schedule (prediction "
+            f"{WHO}: recipe {recipe_name!r} is for a {RECIPES[recipe_name].schedule.prediction} model, but this "
+            f"MODEL samples as {found[0]}; put PixArt Sigma Noise Schedule (prediction "
             f"{RECIPES[recipe_name].schedule.prediction}) before the guider"
         )
 
