@@ -18,6 +18,7 @@ each step's time.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -46,7 +47,7 @@ def comfy_trees() -> tuple[list[Path], str]:
 
 
 def step(name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, int, float]:
-    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    print(f"\n=== {name}: {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
     code = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}).returncode
     return name, 0 if code == NO_TESTS else code, time.monotonic() - start
