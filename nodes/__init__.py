@@ -8,6 +8,7 @@ from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
 from .resolution import PixArtSigmaResolution
 from .sampler import PixArtSigmaSampler
+from .schedule import PixArtSigmaFewStepSchedule, PixArtSigmaNoiseSchedule
 from .t5_loader import PixArtSigmaT5Loader
 from .text_encode import PixArtSigmaTextEncode
 
@@ -18,6 +19,8 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaSampler,
     PixArtSigmaResolution,
     PixArtSigmaLoraLoader,
+    PixArtSigmaFewStepSchedule,
+    PixArtSigmaNoiseSchedule,
 ]
 
 

@@ -21,11 +21,12 @@ from node_pack import PACK, REPO, install_comfy_api_stub, load_pack, v1_inputs, 
 import pixart
 
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
-            "PixArtSigmaResolution", "PixArtSigmaLoraLoader"}  # fmt: skip
+            "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
+            "PixArtSigmaNoiseSchedule"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
 CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced"}
-SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP"}
+SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS"}
 
 
 @pytest.fixture

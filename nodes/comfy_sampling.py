@@ -1,0 +1,126 @@
+"""The ComfyUI side of the sampling recipes: a MODEL's noise schedule as ComfyUI model sampling, and the SAMPLER
+functions of the one-step and LCM recipes. Imported only inside ComfyUI (by the schedule nodes when they run, and by
+a loader that gives a MODEL its schedule).
+
+ComfyUI samples in VE form: ``x = x_0 + sigma noise`` and the model wrapper returns the x_0 estimate. The recipes
+are written on VP samples ``x_vp = x / sqrt(1 + sigma^2)``; the sampler functions here translate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import comfy.model_sampling
+import comfy.samplers
+import torch
+
+from ..pixart.sampling import NoiseSchedule, lcm_boundary
+
+PREDICTIONS = {"epsilon": comfy.model_sampling.EPS, "v_prediction": comfy.model_sampling.V_PREDICTION}
+
+
+def model_sampling_for(schedule: NoiseSchedule, model_config=None) -> comfy.model_sampling.ModelSamplingDiscrete:
+    """ComfyUI's discrete model sampling for a PixArt noise schedule: EPS or V_PREDICTION on the schedule's sigmas
+    (zero-terminal-SNR with diffusers' terminal alpha_bar 2^-24, so samplers match the reference pipelines)."""
+
+    class PixArtModelSampling(comfy.model_sampling.ModelSamplingDiscrete, PREDICTIONS[schedule.prediction]):
+        pass
+
+    sampling = PixArtModelSampling(model_config, zsnr=False)
+    sampling.set_sigmas(schedule.sigmas().float())
+    return sampling
+
+
+def with_noise_schedule(model, schedule: NoiseSchedule):
+    """A clone of the MODEL (ModelPatcher) that samples with ``schedule``; stock KSampler / KSamplerAdvanced then
+    sample a v-prediction or zero-terminal-SNR checkpoint as diffusers does."""
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", model_sampling_for(schedule, patched.model.model_config))
+    return patched
+
+
+def prediction_of(model) -> str:
+    """ "epsilon" or "v_prediction": what the MODEL's sampling treats the network output as; else its class name."""
+    sampling = model.get_model_object("model_sampling")
+    found = [name for name, kind in PREDICTIONS.items() if isinstance(sampling, kind)]
+    return found[0] if found else type(sampling).__name__
+
+
+def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
+    sampling = model.get_model_object("model_sampling")
+    sigmas = [sampling.sigma(torch.tensor(float(t))) for t in timesteps]
+    return torch.stack([*sigmas, torch.zeros(())]).float()
+
+
+def _unit_variance_start(model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The reference's start, sqrt(1 + sigma^2) noise (unit variance in VP form): ComfyUI scales the start noise by
+    sigma unless sigma is its largest (custom sigmas below it, e.g. the one-step models' timestep 400). Valid for
+    an empty start latent only, which ``FromNoiseSampler`` makes sure of."""
+    sigma_max = float(model.inner_model.model_patcher.get_model_object("model_sampling").sigma_max)
+    s = float(sigma)
+    if math.isclose(sigma_max, s, rel_tol=1e-5) or s > sigma_max:
+        return x
+    return x * (math.sqrt(1.0 + s * s) / s)
+
+
+def sample_one_step(model, x, sigmas, extra_args=None, callback=None, disable=None, clip_sample=None):
+    """KSAMPLER function of the one-step models: the x_0 estimate at sigmas[0] from unit-variance noise."""
+    extra_args = extra_args or {}
+    x = _unit_variance_start(model, x, sigmas[0])
+    denoised = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+    if clip_sample is not None:
+        denoised = denoised.clamp(-clip_sample, clip_sample)
+    if callback is not None:
+        callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
+    return denoised
+
+
+def sample_lcm_reference(model, x, sigmas, extra_args=None, callback=None, disable=None, timestep_scaling=10.0):
+    """KSAMPLER function of LCM as diffusers' LCMScheduler runs it: boundary conditions c_skip / c_out, and the noise
+    between steps drawn from ``torch.Generator().manual_seed(seed)`` after the start noise (which RandomNoise drew
+    from the same seed), so a run equals the pipeline called with that generator."""
+    extra_args = extra_args or {}
+    sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
+    generator = torch.Generator().manual_seed(int(extra_args.get("seed", 0)))
+    torch.randn(x.shape, generator=generator, dtype=x.dtype)  # the start noise's draw
+    x = _unit_variance_start(model, x, sigmas[0])
+    ones = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = model(x, sigma * ones, **extra_args)
+        c_skip, c_out = lcm_boundary(int(sampling.timestep(sigma)), timestep_scaling)
+        denoised = c_skip * x / math.sqrt(1.0 + float(sigma) ** 2) + c_out * denoised
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return x
+
+
+class FromNoiseSampler(comfy.samplers.KSAMPLER):
+    """A KSAMPLER that refuses a start latent that is not empty: the one-step and LCM recipes start from pure
+    noise (text to image), and ComfyUI adds the latent to the noise before the sampler function sees it."""
+
+    def __init__(self, who: str, sampler_function, extra_options=None):
+        super().__init__(sampler_function, extra_options or {})
+        self.who = who
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, *args, **kwargs):
+        if latent_image is not None and bool(latent_image.any()):
+            raise ValueError(
+                f"{self.who}: the start latent is not empty; the one-step and LCM recipes sample from pure noise "
+                "(text to image), as their reference pipelines do. Connect an empty latent (PixArt Sigma Resolution "
+                "or EmptyLatentImage)."
+            )
+        return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, *args, **kwargs)
+
+
+def recipe_sampler(who: str, solver: str, clip_sample: float | None = None):
+    """The SAMPLER of a recipe's solver: "one_step", "lcm" or "dpmpp_2m" (ComfyUI's own)."""
+    if solver == "one_step":
+        return FromNoiseSampler(who, sample_one_step, {"clip_sample": clip_sample})
+    if solver == "lcm":
+        return FromNoiseSampler(who, sample_lcm_reference)
+    return comfy.samplers.ksampler("dpmpp_2m")
