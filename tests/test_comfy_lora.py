@@ -115,7 +115,8 @@ def test_node_is_listed_with_files_and_folders(host):
     assert node["output_tooltips"] and "PixArt Sigma" in node["description"]
     for name, spec in node["input"]["required"].items():
         assert spec[1].get("tooltip"), name
-    choices = node["input"]["required"]["lora_name"][0]
+    spec = node["input"]["required"]["lora_name"]
+    choices = spec[0] if isinstance(spec[0], list) else spec[1]["options"]  # V3 combos: ("COMBO", {"options": ...})
     assert {"adapter/", "kohya.safetensors", "official.safetensors"} <= set(choices)
     strength = node["input"]["required"]["strength"][1]
     assert (strength["min"], strength["max"], strength["default"]) == (-10.0, 10.0, 1.0)
