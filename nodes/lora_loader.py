@@ -13,8 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..pixart.lora import Lora, LoraError, check_fit, load_lora
-from ..pixart.lora.files import PEFT_CONFIG, PEFT_WEIGHTS
+from ..pixart.lora import PEFT_CONFIG, PEFT_WEIGHTS, Lora, LoraError, check_fit, load_lora
 from .common import find_in_folders
 from .node_api import CATEGORY, check_number, io, number_problem, schema
 

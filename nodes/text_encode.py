@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..pixart.config import FAMILIES, VARIANTS
+from ..pixart.config import CAPTION_TOKENS
 from .common import pick
 from .node_api import CATEGORY, T5Encoder, io, schema
 
-# T5 tokens kept per family (300 Sigma, 120 alpha): the caption length each family was trained with.
-MAX_TOKENS = {family: next(c.caption_tokens for c in VARIANTS.values() if c.family == family) for family in FAMILIES}
+MAX_TOKENS = CAPTION_TOKENS  # T5 tokens kept per family (300 Sigma, 120 alpha), as each family was trained
 
 
 class PixArtSigmaTextEncode(io.ComfyNode):

@@ -41,7 +41,7 @@ OUR_NODES = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoad
 V0_1 = Path(__file__).resolve().parent / "fixtures" / "workflows_v0_1"
 # The final latents of the 0.1 workflows (``fast`` settings, tiny weights) as the pre-V3 nodes (commit 1eff523) gave
 # them in ComfyUI 0.33.0 and 0.3.64 (identical in both): shape, sum, sum of |x|, first values.
-V0_1_LATENTS = json.loads((V0_1 / "latents_before_v3.json").read_text())
+V0_1_LATENTS = json.loads((V0_1.parent / "latents_v0_1_before_v3.json").read_text())
 STEPS = 3
 DIT = "PixArt-Sigma-XL-2-1024-MS.pth"
 T5 = "t5xxl_fp16.safetensors"
