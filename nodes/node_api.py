@@ -13,7 +13,6 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .common import CATEGORY
 
-ADVANCED_CATEGORY = f"{CATEGORY}/advanced"
 T5Encoder = io.Custom("PIXART_T5")  # the T5 encoder passed from PixArtSigmaT5Loader to PixArtSigmaTextEncode
 
 
@@ -63,7 +62,6 @@ def check_number(who: str, name: str, value, low: float, high: float) -> None:
 
 
 __all__ = [
-    "ADVANCED_CATEGORY",
     "CATEGORY",
     "ComfyExtension",
     "T5Encoder",
