@@ -15,6 +15,7 @@ marker file written last says it is complete, so an interrupted build is resumed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -100,10 +101,27 @@ def _pip(python: Path, *args: str, isolated: bool = False) -> None:
         raise SystemExit(f"pip failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
 
 
+@contextlib.contextmanager
+def _exclusive(venv: Path):
+    """Hold a lock beside the venv (POSIX), so two CI runs on one machine never build it at once."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f"{venv.name}.lock", "w") as handle:
+        if os.name == "posix":
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build(trees: list[Path], venv: Path | None = None) -> Path:
     """Build (or complete) the venv for ``trees`` (newest first); returns its python. Reuses a finished build that
     already covers them."""
     venv = venv or venv_dir()
+    with _exclusive(venv):
+        return _build(trees, venv)
+
+
+def _build(trees: list[Path], venv: Path) -> Path:
     python = venv_python(venv)
     wanted = list(dict.fromkeys(base_requirements(trees) + EXTRA))
     newest_pins = frontend_pins(trees[0])

@@ -3,7 +3,7 @@ against each real ComfyUI found.
 
     python scripts/run_tests.py [extra pytest arguments]
 
-1. ``ruff check .`` and ``ruff format --check .``
+1. ``ruff check .`` and ``ruff format --check .`` (ruff of this interpreter)
 2. ``python -m pytest -m "not comfy"``: the plain suite (no ComfyUI needed)
 3. ``python -m pytest -m comfy`` once per ComfyUI tree, with ``COMFYUI_PATH`` and ``COMFYUI_PYTHON`` set: the tree in
    ``$COMFYUI_PATH``, else the ComfyUI this repository sits in, else every tree in ``../shared/comfyui/``. Each tree's
@@ -59,8 +59,8 @@ def main(argv: list[str]) -> int:
         return 0
     pytest = [sys.executable, "-m", "pytest", *argv]
     results = [
-        step("ruff check", ["ruff", "check", "."]),
-        step("ruff format", ["ruff", "format", "--check", "."]),
+        step("ruff check", [sys.executable, "-m", "ruff", "check", "."]),
+        step("ruff format", [sys.executable, "-m", "ruff", "format", "--check", "."]),
         step("plain suite", [*pytest, "-m", "not comfy"]),
     ]
     trees, where = comfy_trees()
