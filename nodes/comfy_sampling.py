@@ -40,10 +40,12 @@ def with_noise_schedule(model, schedule: NoiseSchedule):
 
 
 def prediction_of(model) -> str:
-    """ "epsilon" or "v_prediction": what the MODEL's sampling treats the network output as; else its class name."""
+    """The MODEL's prediction type, "epsilon" or "v_prediction": the class in its model sampling's MRO that defines
+    ``calculate_denoised`` (ComfyUI's V_PREDICTION derives from EPS); another class's name for other kinds."""
     sampling = model.get_model_object("model_sampling")
-    found = [name for name, kind in PREDICTIONS.items() if isinstance(sampling, kind)]
-    return found[0] if found else type(sampling).__name__
+    names = {kind: name for name, kind in PREDICTIONS.items()}
+    kind = next(k for k in type(sampling).__mro__ if "calculate_denoised" in vars(k))
+    return names.get(kind, kind.__name__)
 
 
 def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:

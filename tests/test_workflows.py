@@ -37,7 +37,45 @@ STOCK = {  # type -> (inputs in ComfyUI's order, output types)
     "VAELoader": ({"vae_name": (MODEL_FILES["vae"], {})}, ["VAE"]),
     "VAEDecode": ({"samples": ("LATENT", {}), "vae": ("VAE", {})}, ["IMAGE"]),
     "SaveImage": ({"images": ("IMAGE", {}), "filename_prefix": ("STRING", {})}, []),
+    "VAEDecodeTiled": (
+        {"samples": ("LATENT", {}), "vae": ("VAE", {}), "tile_size": ("INT", {"min": 64, "max": 4096})}
+        | {"overlap": ("INT", {"min": 0, "max": 4096}), "temporal_size": ("INT", {"min": 8, "max": 4096})}
+        | {"temporal_overlap": ("INT", {"min": 4, "max": 4096})},
+        ["IMAGE"],
+    ),
+    "KSamplerAdvanced": (
+        {
+            "model": ("MODEL", {}),
+            "add_noise": (["enable", "disable"], {}),
+            "noise_seed": SEED,
+            "steps": ("INT", {"min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"min": 0.0, "max": 100.0}),
+            "sampler_name": (SAMPLERS, {}),
+            "scheduler": (SCHEDULERS, {}),
+            "positive": ("CONDITIONING", {}),
+            "negative": ("CONDITIONING", {}),
+            "latent_image": ("LATENT", {}),
+            "start_at_step": ("INT", {"min": 0, "max": 10000}),
+            "end_at_step": ("INT", {"min": 0, "max": 10000}),
+            "return_with_leftover_noise": (["disable", "enable"], {}),
+        },
+        ["LATENT"],
+    ),
+    "RandomNoise": ({"noise_seed": SEED}, ["NOISE"]),
+    "CFGGuider": (
+        {"model": ("MODEL", {}), "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {})}
+        | {"cfg": ("FLOAT", {"min": 0.0, "max": 100.0})},
+        ["GUIDER"],
+    ),
+    "SamplerCustomAdvanced": (
+        {"noise": ("NOISE", {}), "guider": ("GUIDER", {}), "sampler": ("SAMPLER", {}), "sigmas": ("SIGMAS", {})}
+        | {"latent_image": ("LATENT", {})},
+        ["LATENT", "LATENT"],
+    ),
 }
+# DiT files the examples name beyond comfy_host.MODEL_FILES (the few-step, 900M and 4K examples).
+EXAMPLE_DITS = ["PixArt-Alpha-DMD-XL-2-512x512.safetensors", "PixArt-LCM-XL-2-1024-MS.safetensors",
+                "PixArt-Sigma-900M-stage-1.safetensors", "PixArt-Sigma-900M-stage-2.safetensors"]  # fmt: skip
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 V0_1 = REPO / "tests" / "fixtures" / "workflows_v0_1"
@@ -48,7 +86,11 @@ CASES = [(folder, p.stem) for folder, path in FOLDERS.items() for p in sorted(pa
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
-    install_comfy_stubs(monkeypatch, tmp_path_factory.mktemp("models"))
+    models = tmp_path_factory.mktemp("models")
+    (models / "diffusion_models").mkdir()
+    for name in EXAMPLE_DITS:
+        (models / "diffusion_models" / name).touch()
+    install_comfy_stubs(monkeypatch, models)
     install_comfy_api_stub(monkeypatch)
     ours = {node.define_schema().node_id: (v1_inputs(node), v1_outputs(node)) for node in load_pack().NODES}
     yield {**STOCK, **ours}
@@ -91,9 +133,12 @@ def load(name: str, folder: str = "examples") -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))
-def test_the_four_examples_exist(folder):
+def test_the_examples_exist(folder):
     names = sorted(p.stem for p in FOLDERS[folder].glob("*.json"))
-    assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names and len(names) == 4
+    assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names
+    assert len(names) == {"examples": 8, "v0_1": 4}[folder]
+    if folder == "examples":
+        assert all((EXAMPLES / f"{name}.jpg").is_file() for name in names)
     prompts = {name: load(name, folder)[1] for name in names}
     kinds = {name: {n["class_type"] for n in p.values()} for name, p in prompts.items()}
     inputs = {name: [n["inputs"] for n in p.values()] for name, p in prompts.items()}
@@ -102,7 +147,35 @@ def test_the_four_examples_exist(folder):
         i.get("kv_compress", "off") != "off" and i.get("variant") == "sigma-2k" for v in inputs.values() for i in v
     )
     assert any(i.get("model_family") == "alpha" for v in inputs.values() for i in v)
-    assert all("SaveImage" in k and "VAEDecode" in k for k in kinds.values())
+    assert all("SaveImage" in k and {"VAEDecode", "VAEDecodeTiled"} & k for k in kinds.values())
+
+
+def test_the_recipe_examples():
+    """One-step (DMD), LCM 4 steps, the 900M two-stage hand-over and 4K, each wired as its reference samples."""
+    prompts = {name: load(name)[1] for name in ("pixart_alpha_dmd_one_step", "pixart_alpha_lcm_4_steps",
+               "pixart_sigma_900m_two_stage", "pixart_sigma_4k_kv_compress")}  # fmt: skip
+
+    def of(name, kind):
+        return [n["inputs"] for n in prompts[name].values() if n["class_type"] == kind]
+
+    for name, recipe in (("pixart_alpha_dmd_one_step", "alpha-dmd-512"), ("pixart_alpha_lcm_4_steps", "lcm")):
+        (schedule,) = of(name, "PixArtSigmaFewStepSchedule")
+        (guider,) = of(name, "CFGGuider")
+        assert schedule["recipe"] == recipe and guider["cfg"] == 1.0 and of(name, "SamplerCustomAdvanced")
+    stages = of("pixart_sigma_900m_two_stage", "KSamplerAdvanced")
+    assert [(s["start_at_step"], s["end_at_step"], s["return_with_leftover_noise"]) for s in stages] == [
+        (0, 10, "enable"),
+        (10, 10000, "disable"),
+    ]
+    assert [s["add_noise"] for s in stages] == ["enable", "disable"]
+    assert all(s["model"][0] != stages[0]["model"][0] for s in stages[1:])  # a second (stage-2) MODEL
+    schedules = of("pixart_sigma_900m_two_stage", "PixArtSigmaNoiseSchedule")
+    assert schedules == [{**s, "prediction": "v_prediction", "zero_terminal_snr": True} for s in schedules]
+    assert len(schedules) == 2
+    (dit,) = of("pixart_sigma_4k_kv_compress", "PixArtSigmaDiTLoader")
+    (resolution,) = of("pixart_sigma_4k_kv_compress", "PixArtSigmaResolution")
+    assert dit["variant"] == "sigma-2k" and dit["kv_compress"] != "off" and resolution["base"] == "4096"
+    assert of("pixart_sigma_4k_kv_compress", "VAEDecodeTiled")
 
 
 @pytest.mark.parametrize(("folder", "name"), CASES)

@@ -1,0 +1,278 @@
+"""The sampling recipes through ComfyUI's own sampling code, run in one process of ComfyUI's interpreter with a
+ComfyUI tree importable (tests/test_comfy_schedules.py starts it): our Few-Step Schedule and Noise Schedule nodes
+with the stock SamplerCustomAdvanced (RandomNoise, CFGGuider), KSampler and KSamplerAdvanced, on tiny weights,
+against ``pixart.sampling.sample`` / ``sample_two_stage`` on the same weights, prompt states, start noise and seed.
+(tests/test_schedules.py proves those equal to diffusers' pipelines with the named schedulers.)
+
+Usage: python tests/comfy_schedules_inprocess.py COMFYUI_PATH WORK_DIR CHECK
+Runs one check of ``CHECKS`` in a fresh process; a failed check exits non-zero with its traceback. Only WORK_DIR is
+written to (the tiny models); the ComfyUI tree is read only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+
+from comfy_inprocess import PACK, REPO, import_comfy, import_pack, node_result
+
+TOL = 1e-4
+SEED = 123
+LATENT = (1, 4, 16, 16)  # 128 x 128 pixels
+
+
+class Setup:
+    """Tiny DiT files (written on demand), prompt states, and the pack's nodes and pixart."""
+
+    def __init__(self, work: Path):
+        import torch
+
+        sys.path.insert(0, str(REPO / "scripts"))
+        import_pack()
+        self.torch = torch
+        self.work = work
+        self.schedule = importlib.import_module(f"{PACK}.nodes.schedule")
+        self.comfy_model = sys.modules[f"{PACK}.nodes.comfy_model"]
+        g = torch.Generator().manual_seed(11)
+        self.pos = torch.randn(1, 9, 4096, generator=g)
+        self.neg = torch.randn(1, 4, 4096, generator=g)
+
+    def dit_file(self, variant: str, seed: int) -> Path:
+        import tiny_weights
+        from safetensors.torch import save_file
+
+        path = self.work / f"tiny_{variant}_{seed}.safetensors"
+        if not path.exists():
+            save_file(tiny_weights.dit_state_dict(variant, depth=2, seed=seed), str(path))
+        return path
+
+    def model(self, variant: str = "sigma-1024", seed: int = 3):
+        return self.comfy_model.load_model(self.dit_file(variant, seed), variant, self.torch.float32)
+
+    def conds(self):
+        ones = self.torch.ones
+        return [[self.pos, {"attention_mask": ones(1, 9)}]], [[self.neg, {"attention_mask": ones(1, 4)}]]
+
+    def empty_latent(self):
+        return {"samples": self.torch.zeros(LATENT)}
+
+    def noise(self):
+        """The start noise RandomNoise(SEED) draws, and a generator that has drawn it (the LCM step noise's)."""
+        generator = self.torch.Generator().manual_seed(SEED)
+        return self.torch.randn(LATENT, generator=generator), generator
+
+    def reference(self, variant: str, seed: int, cfg: float):
+        """``pixart``'s denoiser on the same file and prompt states."""
+        import pixart
+        from pixart.sampling import pixart_denoiser
+
+        model = pixart.load_dit(self.dit_file(variant, seed), variant, self.torch.float32)
+        ones = self.torch.ones
+        return pixart_denoiser(model, self.pos, ones(1, 9), self.neg, ones(1, 4), cfg)
+
+
+def call(cls, **inputs) -> tuple:
+    """A stock node run as ComfyUI runs it: V3 (``execute``) or V1 (``FUNCTION``)."""
+    if hasattr(cls, "define_schema"):
+        output = cls.execute(**inputs)
+        return tuple(output.result) if hasattr(output, "result") else tuple(output)
+    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
+
+def scale_of(model) -> float:
+    return model.model.latent_format.scale_factor
+
+
+def assert_close(got, want, what: str) -> None:
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    print(f"{what}: max relative difference {err:.2e}")
+    assert err <= TOL, f"{what}: max relative difference {err:.2e} > {TOL:.0e}"
+
+
+def custom_advanced(s: Setup, model, recipe: str, latent=None, steps: int = 0, timestep: int = 400, cfg: float = 1.0):
+    """Few-Step Schedule -> SamplerCustomAdvanced (RandomNoise SEED, CFGGuider), as the example workflows wire it;
+    returns the x_0 latent in the model's sampling scale."""
+    import comfy_extras.nodes_custom_sampler as custom
+
+    sampler, sigmas = node_result_pair(s.schedule.PixArtSigmaFewStepSchedule.execute(model, recipe, steps, timestep))
+    positive, negative = s.conds()
+    (noise,) = call(custom.RandomNoise, noise_seed=SEED)
+    (guider,) = call(custom.CFGGuider, model=model, positive=positive, negative=negative, cfg=cfg)
+    out, _ = call(
+        custom.SamplerCustomAdvanced,
+        noise=noise,
+        guider=guider,
+        sampler=sampler,
+        sigmas=sigmas,
+        latent_image=latent or s.empty_latent(),
+    )
+    return out["samples"] * scale_of(model)
+
+
+def node_result_pair(output) -> tuple:
+    return tuple(output.result) if hasattr(output, "result") else tuple(output)
+
+
+def noise_schedule(s: Setup, model, prediction: str, zsnr: bool):
+    return node_result(s.schedule.PixArtSigmaNoiseSchedule.execute(model, prediction, zsnr))
+
+
+# --- checks ---------------------------------------------------------------------------------------------------------
+
+
+def check_dmd_one_step(s: Setup) -> None:
+    """alpha-DMD-512 (an alpha-512 file): one step at timestep 400 from unit-variance noise, CFG 1."""
+    from pixart.sampling import RECIPES, sample
+
+    got = custom_advanced(s, s.model("alpha-512"), "alpha-dmd-512")
+    noise, _ = s.noise()
+    with s.torch.no_grad():
+        want = sample(RECIPES["alpha-dmd-512"], s.reference("alpha-512", 3, 1.0), noise)
+    assert_close(got, want, "DMD one step")
+
+
+def check_nitro_timestep(s: Setup) -> None:
+    """Nitro-1 at another timestep (the node's setting) equals the recipe at that timestep."""
+    from pixart.sampling import RECIPES, sample
+
+    got = custom_advanced(s, s.model(), "nitro-1", timestep=250)
+    noise, _ = s.noise()
+    recipe = dataclasses.replace(RECIPES["nitro-1"], timestep=250)
+    with s.torch.no_grad():
+        want = sample(recipe, s.reference("sigma-1024", 3, 1.0), noise)
+    assert_close(got, want, "Nitro one step at timestep 250")
+
+
+def check_lcm_four_steps(s: Setup) -> None:
+    """PixArt-LCM: 4 LCM steps (999, 759, 499, 259), boundary conditions, step noise continuing the seed's
+    generator, CFG 1."""
+    from pixart.sampling import RECIPES, sample
+
+    got = custom_advanced(s, s.model(), "lcm")
+    noise, generator = s.noise()
+    with s.torch.no_grad():
+        want = sample(RECIPES["lcm"], s.reference("sigma-1024", 3, 1.0), noise, generator)
+    assert_close(got, want, "LCM 4 steps")
+
+
+def check_yoso_v_one_step(s: Setup) -> None:
+    """YOSO: LCM v-prediction, 1 step, on a MODEL the Noise Schedule node made v-prediction; the same recipe on an
+    epsilon MODEL is refused with the fix named."""
+    from pixart.sampling import RECIPES, sample
+
+    try:
+        custom_advanced(s, s.model(), "yoso")
+        raise AssertionError("the yoso recipe ran on an epsilon MODEL")
+    except ValueError as e:
+        assert "v_prediction" in str(e) and "PixArt Sigma Noise Schedule" in str(e), e
+    got = custom_advanced(s, noise_schedule(s, s.model(), "v_prediction", False), "yoso")
+    noise, generator = s.noise()
+    with s.torch.no_grad():
+        want = sample(RECIPES["yoso"], s.reference("sigma-1024", 3, 1.0), noise, generator)
+    assert_close(got, want, "YOSO v-prediction 1 step")
+
+
+def check_900m_v_zsnr_ksampler(s: Setup) -> None:
+    """The v-prediction 900M: Noise Schedule (v, zero terminal SNR) + stock KSampler dpmpp_2m / simple (trailing
+    spacing), CFG 4.5, 4 steps, equals the sigma-900m-v recipe."""
+    from pixart.sampling import RECIPES, sample
+
+    comfy_nodes = sys.modules["nodes"]  # ComfyUI's nodes.py (see main)
+
+    model = noise_schedule(s, s.model(), "v_prediction", True)
+    positive, negative = s.conds()
+    (out,) = call(
+        comfy_nodes.KSampler,
+        model=model,
+        seed=SEED,
+        steps=4,
+        cfg=4.5,
+        sampler_name="dpmpp_2m",
+        scheduler="simple",
+        positive=positive,
+        negative=negative,
+        latent_image=s.empty_latent(),
+        denoise=1.0,
+    )
+    noise, _ = s.noise()
+    recipe = dataclasses.replace(RECIPES["sigma-900m-v"], steps=4)
+    with s.torch.no_grad():
+        want = sample(recipe, s.reference("sigma-1024", 3, 4.5), noise)
+    assert_close(out["samples"] * scale_of(model), want, "900M v-prediction zero-SNR, KSampler dpmpp_2m")
+
+
+def check_900m_two_stage(s: Setup) -> None:
+    """The 900M two-stage hand-over: stage-1 and stage-2 files, each through the Noise Schedule node, two stock
+    KSamplerAdvanced (steps 0-2 with leftover noise, then 2-4 without added noise) equal ``sample_two_stage``."""
+    from pixart.sampling import RECIPES, sample_two_stage
+
+    comfy_nodes = sys.modules["nodes"]  # ComfyUI's nodes.py (see main)
+
+    positive, negative = s.conds()
+    latent = s.empty_latent()
+    stages = [(3, True, 0, 2), (4, False, 2, 10000)]
+    for seed, first, start, end in stages:
+        (latent,) = call(
+            comfy_nodes.KSamplerAdvanced,
+            model=noise_schedule(s, s.model(seed=seed), "v_prediction", True),
+            add_noise="enable" if first else "disable",
+            noise_seed=SEED,
+            steps=4,
+            cfg=4.5,
+            sampler_name="dpmpp_2m",
+            scheduler="simple",
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            start_at_step=start,
+            end_at_step=end,
+            return_with_leftover_noise="enable" if first else "disable",
+        )
+    noise, _ = s.noise()
+    recipe = dataclasses.replace(RECIPES["sigma-900m-v"], steps=4)
+    stage1, stage2 = (s.reference("sigma-1024", seed, 4.5) for seed in (3, 4))
+    with s.torch.no_grad():
+        want = sample_two_stage(recipe, stage1, stage2, noise, handover=0.5)
+    assert_close(latent["samples"] * scale_of(s.model()), want, "900M two-stage hand-over at 2 of 4 steps")
+
+
+def check_non_empty_latent_refused(s: Setup) -> None:
+    """The one-step and LCM samplers refuse a start latent that is not empty (their unit-variance start would be
+    wrong); an empty one runs."""
+    latent = {"samples": s.torch.zeros(LATENT)}
+    latent["samples"][0, 0, 0, 0] = 0.5
+    for recipe in ("alpha-dmd-512", "lcm"):
+        try:
+            custom_advanced(s, s.model(), recipe, latent=latent)
+            raise AssertionError(f"{recipe}: a non-empty start latent was sampled")
+        except ValueError as e:
+            assert "start latent is not empty" in str(e) and "PixArt Sigma Few-Step Schedule" in str(e), e
+    assert s.torch.isfinite(custom_advanced(s, s.model(), "lcm")).all()
+
+
+CHECKS = {
+    "dmd_one_step": check_dmd_one_step,
+    "nitro_timestep": check_nitro_timestep,
+    "lcm_four_steps": check_lcm_four_steps,
+    "yoso_v_one_step": check_yoso_v_one_step,
+    "900m_v_zsnr_ksampler": check_900m_v_zsnr_ksampler,
+    "900m_two_stage": check_900m_two_stage,
+    "non_empty_latent_refused": check_non_empty_latent_refused,
+}
+
+
+def main() -> None:
+    comfy_path, work, name = sys.argv[1:4]
+    import_comfy(comfy_path)
+    importlib.import_module("nodes")  # ComfyUI's nodes.py, before the repository (with our nodes/) is on sys.path
+    import torch
+
+    torch.set_num_threads(2)
+    CHECKS[name](Setup(Path(work)))
+    print(f"{name}: ok")
+
+
+if __name__ == "__main__":
+    main()
