@@ -72,7 +72,13 @@ def v0_1_prompts() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((V0_1 / "api").glob("*.json"))}
 
 
-EXAMPLE_CASES = [("examples", n) for n in sorted(example_prompts())] + [("v0_1", n) for n in sorted(v0_1_prompts())]
+# The examples one PixArtSigmaSampler / KSampler samples; the recipe examples (SamplerCustomAdvanced, two
+# KSamplerAdvanced) run in tests/test_comfy_schedules.py.
+EXAMPLE_CASES = [
+    ("examples", n)
+    for n, p in sorted(example_prompts().items())
+    if nodes_of(p, "PixArtSigmaSampler") + nodes_of(p, "KSampler")
+] + [("v0_1", n) for n in sorted(v0_1_prompts())]
 
 
 @pytest.fixture(scope="module")
