@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .clip_encode import PixArtSigmaCLIPTextEncode
 from .dit_loader import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
@@ -15,6 +16,7 @@ from .text_encode import PixArtSigmaTextEncode
 NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaT5Loader,
     PixArtSigmaTextEncode,
+    PixArtSigmaCLIPTextEncode,
     PixArtSigmaDiTLoader,
     PixArtSigmaSampler,
     PixArtSigmaResolution,

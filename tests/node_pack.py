@@ -99,7 +99,7 @@ def _make_api() -> dict[str, types.ModuleType]:
     io = types.ModuleType("comfy_api.v0_0_2.io")
     io.Schema, io.ComfyNode, io.NodeOutput = Schema, ComfyNode, NodeOutput
     for name, io_type in {"Int": "INT", "Float": "FLOAT", "String": "STRING", "Boolean": "BOOLEAN",
-                          "Combo": "COMBO", "Model": "MODEL", "Conditioning": "CONDITIONING",
+                          "Combo": "COMBO", "Model": "MODEL", "Conditioning": "CONDITIONING", "Clip": "CLIP",
                           "Latent": "LATENT", "Sampler": "SAMPLER", "Sigmas": "SIGMAS"}.items():  # fmt: skip
         setattr(io, name, _comfy_type(io_type))
     io.Custom = _comfy_type
