@@ -72,6 +72,12 @@ STOCK = {  # type -> (inputs in ComfyUI's order, output types)
         | {"latent_image": ("LATENT", {})},
         ["LATENT", "LATENT"],
     ),
+    "EasyCache": (
+        {"model": ("MODEL", {})}
+        | {n: ("FLOAT", {"min": 0.0, "max": m}) for n, m in (("reuse_threshold", 3.0), ("start_percent", 1.0))}
+        | {"end_percent": ("FLOAT", {"min": 0.0, "max": 1.0}), "verbose": ("BOOLEAN", {})},
+        ["MODEL"],
+    ),
 }
 # DiT files the examples name beyond comfy_host.MODEL_FILES (the few-step, 900M and 4K examples).
 EXAMPLE_DITS = ["PixArt-Alpha-DMD-XL-2-512x512.safetensors", "PixArt-LCM-XL-2-1024-MS.safetensors",
@@ -136,7 +142,7 @@ def load(name: str, folder: str = "examples") -> tuple[dict, dict]:
 def test_the_examples_exist(folder):
     names = sorted(p.stem for p in FOLDERS[folder].glob("*.json"))
     assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names
-    assert len(names) == {"examples": 8, "v0_1": 4}[folder]
+    assert len(names) == {"examples": 9, "v0_1": 4}[folder]
     if folder == "examples":
         assert all((EXAMPLES / f"{name}.jpg").is_file() for name in names)
     prompts = {name: load(name, folder)[1] for name in names}
