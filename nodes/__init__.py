@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .cache import PixArtSigmaCache
 from .clip_encode import PixArtSigmaCLIPTextEncode
 from .dit_loader import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
@@ -23,6 +24,7 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaLoraLoader,
     PixArtSigmaFewStepSchedule,
     PixArtSigmaNoiseSchedule,
+    PixArtSigmaCache,
 ]
 
 

@@ -22,6 +22,7 @@ from ..pixart import CheckpointError, KVCompress, PixArtTransformer, parse_layer
 from ..pixart.attention import sdpa_attention
 from ..pixart.text_encoder import check_caption_width
 from .comfy_blocks import comfy_block_hook
+from .comfy_cache import CACHE_RUN
 from .common import check_latent, pad_caption
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,17 @@ class ComfyPixArtTransformer(PixArtTransformer):
         check_latent(cfg, tuple(x.shape), "PixArt Sigma")
         check_caption_width(context.shape[-1], cfg.caption_channels)
         hook = comfy_block_hook(self.blocks, dict(transformer_options))
-        out = super().forward(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=[hook])
-        return out[:, : cfg.in_channels]
+        forward = super().forward
+
+        def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=(), attention_reuse=None):
+            hooks = [*block_hooks, hook]  # a step cache's hooks outside ComfyUI's
+            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks, attention_reuse)
+            return out[:, : cfg.in_channels]
+
+        cache_run = transformer_options.get(CACHE_RUN)  # PixArt Sigma Cache, during a sampling run
+        if cache_run is None:
+            return run(x, timesteps, context, caption_mask, c_size, c_ar)
+        return cache_run(run, len(self.blocks), x, timesteps, context, caption_mask, c_size, c_ar, transformer_options)
 
 
 class PixArtSigmaConfig(comfy.supported_models_base.BASE):

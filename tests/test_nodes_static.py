@@ -23,7 +23,7 @@ import pixart
 
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
             "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
-            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode"}  # fmt: skip
+            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
 CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced"}

@@ -1,0 +1,313 @@
+"""PixArt Sigma Cache inside ComfyUI, run in one process of ComfyUI's interpreter with a ComfyUI tree importable
+(tests/test_comfy_cache.py starts it): the node on our MODEL with PixArt Sigma Sampler, KSampler and
+SamplerCustomAdvanced (dpmpp_2m, sgm_uniform) equals ``pixart``'s step cache (``GuidedDenoiser`` + ``TGate`` /
+``DBCache``) driven through ComfyUI's own DPM-Solver++ 2M on the same tiny weights, prompt states, noise and sigmas,
+reusing the same steps (the node's log line carries ``CacheStats.summary``); disabled settings equal the plain run
+exactly; heun (two calls per step) and LoRA weight patches run with it.
+
+Usage: python tests/comfy_cache_inprocess.py COMFYUI_PATH WORK_DIR [CHECK ...]
+Runs the named checks of ``CHECKS`` (all without names) in this process, which imports ComfyUI once; a failed check
+exits non-zero with its traceback. Only WORK_DIR is
+written to (the tiny model); the ComfyUI tree is read only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import sys
+from pathlib import Path
+
+from comfy_inprocess import PACK, Collect, import_comfy, import_pack, node_result
+from comfy_schedules_inprocess import call
+
+TOL = 1e-5  # fp32, ComfyUI's CFG on x_0 vs pixart's on epsilon
+STEPS, CFG, SEED, DEPTH = 8, 4.5, 7, 3
+TGATE = {"gate_step": 5, "sp_interval": 3, "fi_interval": 1, "warm_up": 1}  # self reused at 2, cross from 5
+FIRST_BLOCK = {"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "max_continuous_cached_steps": 2}
+DBCACHE = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "residual_diff_threshold": 1.0, "max_warmup_steps": 3}
+
+
+class Setup:
+    """A tiny PixArt-Sigma file (3 blocks), our MODEL of it, prompt states, the cache node and log records."""
+
+    def __init__(self, work: Path, records: list[str]):
+        import torch
+        from safetensors.torch import save_file
+
+        import_pack()
+        self.torch, self.records = torch, records
+        self.comfy_model = sys.modules[f"{PACK}.nodes.comfy_model"]
+        self.node = importlib.import_module(f"{PACK}.nodes.cache").PixArtSigmaCache
+        self.sampler_node = importlib.import_module(f"{PACK}.nodes.sampler").PixArtSigmaSampler
+        self.path = work / "tiny_sigma.safetensors"
+        save_file(narrow_state_dict(), str(self.path))
+        g = torch.Generator().manual_seed(11)
+        self.pos = torch.randn(1, 9, 4096, generator=g)
+        self.neg = torch.randn(1, 4, 4096, generator=g)
+        self.latent = {"samples": torch.zeros(1, 4, 32, 32)}
+
+    def model(self):
+        return self.comfy_model.load_model(self.path, "auto", self.torch.float32)
+
+    def cached(self, model, method: str, **settings):
+        """The node's MODEL: its defaults, with ``settings`` changed."""
+        inputs = {i.id: i.default for i in self.node.define_schema().inputs if i.id != "model"}
+        inputs.update(method=method, **settings)
+        return node_result(self.node.execute(model, **inputs))
+
+    def conds(self):
+        ones = self.torch.ones
+        return [[self.pos, {"attention_mask": ones(1, 9)}]], [[self.neg, {"attention_mask": ones(1, 4)}]]
+
+    def sample(self, model, sampler: str = "dpmpp_2m", steps: int = STEPS):
+        """PixArt Sigma Sampler -> the latent in the model's sampling scale, and the cache's log lines."""
+        self.records.clear()
+        positive, negative = self.conds()
+        (out,) = node_result_tuple(
+            self.sampler_node.execute(
+                model, positive, negative, self.latent, SEED, steps, CFG, sampler, "sgm_uniform", 1.0
+            )
+        )
+        return out["samples"] * model.model.latent_format.scale_factor, self.cache_lines()
+
+    def cache_lines(self) -> list[str]:
+        return [r for r in self.records if r.startswith("PixArt Sigma Cache")]
+
+    def reference(self, cache, steps: int = STEPS):
+        """``pixart``'s GuidedDenoiser with ``cache`` (a StepCache or None) as the x_0 model of ComfyUI's own
+        DPM-Solver++ 2M, on ComfyUI's sgm_uniform sigmas, start noise and sigma <-> timestep map."""
+        import comfy.k_diffusion.sampling as k_sampling
+        import comfy.sample
+        import comfy.samplers
+
+        import pixart
+        from pixart.caches import GuidedDenoiser
+
+        torch = self.torch
+        sampling = self.model().get_model_object("model_sampling")
+        sigmas = comfy.samplers.calculate_sigmas(sampling, "sgm_uniform", steps).float()
+        noise = comfy.sample.prepare_noise(self.latent["samples"], SEED)
+        dit = pixart.load_dit(self.path, "auto", torch.float32)
+        negative = torch.cat([self.neg, torch.zeros(1, 5, 4096)], 1)  # the caption's length, padding masked
+        negative_mask = torch.cat([torch.ones(1, 4), torch.zeros(1, 5)], 1)
+        denoise = GuidedDenoiser(dit, self.pos, torch.ones(1, 9), negative, negative_mask, CFG, cache)
+        calls = []
+
+        def x0_model(x, sigma, **_):
+            s = sigma.reshape(-1)[:1]
+            t = sampling.timestep(s).float()
+            eps = denoise(len(calls), x / torch.sqrt(s**2 + 1), t)
+            calls.append(float(s))
+            return x - eps * s
+
+        s0 = float(sigmas[0])
+        start = math.sqrt(1 + s0 * s0) if math.isclose(float(sampling.sigma_max), s0, rel_tol=1e-5) else s0
+        with torch.no_grad():
+            out = k_sampling.sample_dpmpp_2m(x0_model, noise * start, sigmas, disable=True)
+        assert len(calls) == steps, calls
+        return out
+
+
+def narrow_state_dict() -> dict:
+    """A PixArt-Sigma state dict with official keys, DEPTH blocks 288 wide (4 heads; a few ms per call), random
+    weights without zero-initialised gates, and the null caption official files carry."""
+    import torch
+
+    import pixart
+
+    config = pixart.VARIANTS["sigma-1024"].replace(depth=DEPTH, hidden_size=288, num_heads=4)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model = pixart.PixArtTransformer(config)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["y_embedder.y_embedding"] = torch.randn(config.caption_tokens, config.caption_channels) * 0.1
+    return state
+
+
+def node_result_tuple(output) -> tuple:
+    return tuple(output.result) if hasattr(output, "result") else tuple(output)
+
+
+def relative(got, want) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def assert_close(got, want, what: str, tol: float = TOL) -> None:
+    err = relative(got, want)
+    print(f"{what}: max relative difference {err:.2e}")
+    assert err <= tol, f"{what}: max relative difference {err:.2e} > {tol:.0e}"
+
+
+def stock_samplers(s: Setup, model):
+    """The stock KSampler and SamplerCustomAdvanced (RandomNoise, CFGGuider, KSamplerSelect, BasicScheduler) with
+    PixArt Sigma Sampler's settings -> two latents in the model's sampling scale."""
+    import comfy_extras.nodes_custom_sampler as custom
+
+    import nodes as comfy_nodes
+
+    positive, negative = s.conds()
+    scale = model.model.latent_format.scale_factor
+    (ksampler,) = call(
+        comfy_nodes.KSampler,
+        model=model,
+        seed=SEED,
+        steps=STEPS,
+        cfg=CFG,
+        sampler_name="dpmpp_2m",
+        scheduler="sgm_uniform",
+        positive=positive,
+        negative=negative,
+        latent_image=s.latent,
+        denoise=1.0,
+    )
+    (noise,) = call(custom.RandomNoise, noise_seed=SEED)
+    (guider,) = call(custom.CFGGuider, model=model, positive=positive, negative=negative, cfg=CFG)
+    (sampler,) = call(custom.KSamplerSelect, sampler_name="dpmpp_2m")
+    (sigmas,) = call(custom.BasicScheduler, model=model, scheduler="sgm_uniform", steps=STEPS, denoise=1.0)
+    out, _ = call(
+        custom.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas, latent_image=s.latent
+    )
+    return ksampler["samples"] * scale, out["samples"] * scale
+
+
+def check_equals_pixart(s: Setup, method: str, settings: dict, make_cache, shifted: dict) -> None:
+    """The node through each sampler equals pixart's cache through ComfyUI's dpmpp_2m, reusing the same steps; a
+    pixart run with one setting shifted by a step differs by far more than the tolerance (the comparison sees a
+    wrong step mapping); a second generation resets the state (same latent, same log line)."""
+    cached = s.cached(s.model(), method, **settings)
+    got, lines = s.sample(cached)
+    cache = make_cache(settings)
+    want = s.reference(cache)
+    assert_close(got, want, f"{method} through PixArt Sigma Sampler vs pixart")
+    assert cache.stats.reused_steps, f"{method}: the pixart cache reused nothing; the check proves nothing"
+    assert len(lines) == 1 and cache.stats.summary() in lines[0], (cache.stats.summary(), lines)
+    print(lines[0])
+    for name, latent in zip(("KSampler", "SamplerCustomAdvanced"), stock_samplers(s, cached), strict=True):
+        assert_close(latent, want, f"{method} through {name} vs pixart")
+        assert len(s.cache_lines()) >= 1 and cache.stats.summary() in s.cache_lines()[-1], s.cache_lines()
+    again, lines_again = s.sample(cached)
+    assert s.torch.equal(again, got) and lines_again == lines, "a second generation did not start afresh"
+    off = s.reference(make_cache({**settings, **shifted}))
+    err = relative(off, want)
+    print(f"{method} with {shifted}: relative difference {err:.2e}")
+    assert err > 10 * TOL, f"{method}: shifting {shifted} changed the latent by only {err:.2e}"
+    plain = s.reference(None)
+    assert relative(got, plain) > 10 * TOL, f"{method} did not change the latent"
+
+
+def check_tgate(s: Setup) -> None:
+    from pixart.caches import TGate, TGateConfig
+
+    def make(settings):
+        return TGate(TGateConfig(**settings))
+
+    check_equals_pixart(s, "T-GATE", TGATE, make, {"gate_step": TGATE["gate_step"] + 1})
+
+
+def check_first_block_cache(s: Setup) -> None:
+    from pixart.caches import DBCache, DBCacheConfig
+
+    def make(settings):
+        return DBCache(DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, **settings))
+
+    check_equals_pixart(s, "first-block cache", FIRST_BLOCK, make, {"max_warmup_steps": 3})
+
+
+def check_dbcache(s: Setup) -> None:
+    from pixart.caches import DBCache, DBCacheConfig
+
+    def make(settings):
+        return DBCache(DBCacheConfig(**settings))
+
+    check_equals_pixart(s, "DBCache", DBCACHE, make, {"max_warmup_steps": 4})
+
+
+def check_disabled_equals_plain(s: Setup) -> None:
+    """off, T-GATE with gate_step = steps and sp_interval 1, first-block cache and DBCache at threshold 0: the plain
+    run, bit for bit; a cache node set to off after a T-GATE one removes it."""
+    torch = s.torch
+    plain, lines = s.sample(s.model())
+    assert not lines, lines
+    disabled = {
+        "off": ("off", {}),
+        "T-GATE gate_step = steps": ("T-GATE", {"gate_step": STEPS, "sp_interval": 1}),
+        "first-block cache threshold 0": ("first-block cache", {"residual_diff_threshold": 0.0}),
+        "DBCache threshold 0": ("DBCache", {**DBCACHE, "residual_diff_threshold": 0.0}),
+    }
+    for what, (method, settings) in disabled.items():
+        got, lines = s.sample(s.cached(s.model(), method, **settings))
+        assert torch.equal(got, plain), f"{what} changed the latent"
+        assert method == "off" or (len(lines) == 1 and " 0 reused []" in lines[0]), (what, lines)
+    removed = s.cached(s.cached(s.model(), "T-GATE", **TGATE), "off")
+    got, lines = s.sample(removed)
+    assert torch.equal(got, plain) and not lines, "off after T-GATE kept the cache"
+
+
+def summary_counts(line: str) -> tuple[int, int]:
+    """(steps computed, steps reused) of a cache log line."""
+    computed = int(line.split(" steps computed, ")[0].rsplit(" ", 1)[1])
+    reused = int(line.split(" steps computed, ")[1].split(" ")[0])
+    return computed, reused
+
+
+def check_heun_and_lora(s: Setup) -> None:
+    """heun (two model calls per step): each schedule step is one cache step, the further calls run uncached; with
+    a LoRA-style weight patch (before or after the node) the cache still runs, reuses steps and the patch counts."""
+    for method, settings in (("T-GATE", TGATE), ("first-block cache", FIRST_BLOCK)):
+        cached = s.cached(s.model(), method, **settings)
+        got, lines = s.sample(cached, sampler="heun")
+        assert len(lines) == 1, lines
+        computed, reused = summary_counts(lines[0])
+        assert computed + reused == STEPS and reused > 0, lines[0]
+        assert f"{2 * STEPS - 1} model calls, {STEPS - 1} uncached" in lines[0], lines[0]
+        assert bool(s.torch.isfinite(got).all()), f"{method} with heun"
+        print(lines[0])
+    key = "diffusion_model.blocks.1.attn.qkv.weight"
+    for order in ("cache then LoRA", "LoRA then cache"):
+        model = s.model()
+        delta = 0.05 * s.torch.randn_like(model.model.diffusion_model.blocks[1].attn.qkv.weight)
+        if order == "cache then LoRA":
+            patched = s.cached(model, "T-GATE", **TGATE).clone()
+            assert patched.add_patches({key: (delta,)}, 1.0) == [key]
+        else:
+            lora = model.clone()
+            assert lora.add_patches({key: (delta,)}, 1.0) == [key]
+            patched = s.cached(lora, "T-GATE", **TGATE)
+        got, lines = s.sample(patched)
+        assert len(lines) == 1 and summary_counts(lines[0])[1] > 0, (order, lines)
+        unpatched, _ = s.sample(s.cached(s.model(), "T-GATE", **TGATE))
+        assert relative(got, unpatched) > 10 * TOL, f"{order}: the weight patch changed nothing"
+        print(f"{order}: {lines[0]}")
+
+
+CHECKS = {
+    "tgate": check_tgate,
+    "first_block_cache": check_first_block_cache,
+    "dbcache": check_dbcache,
+    "disabled_equals_plain": check_disabled_equals_plain,
+    "heun_and_lora": check_heun_and_lora,
+}
+
+
+def main() -> None:
+    comfy_path, work, *names = sys.argv[1:]
+    import_comfy(comfy_path)
+    importlib.import_module("nodes")  # ComfyUI's nodes.py, before the repository (with our nodes/) is on sys.path
+    import torch
+
+    torch.set_num_threads(2)
+    records: list[str] = []
+    logging.getLogger().addHandler(Collect(records))
+    logging.getLogger().setLevel(logging.INFO)
+    s = Setup(Path(work), records)
+    for name in names or CHECKS:
+        CHECKS[name](s)
+        print(f"{name}: ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()

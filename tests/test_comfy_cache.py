@@ -1,0 +1,43 @@
+"""PixArt Sigma Cache in a real ComfyUI (marker ``comfy``): the node on our MODEL with PixArt Sigma Sampler, KSampler
+and SamplerCustomAdvanced (dpmpp_2m, sgm_uniform) equals ``pixart``'s T-GATE / first-block cache / DBCache driven
+through ComfyUI's DPM-Solver++ 2M on the same tiny weights, prompt states, noise and sigmas (fp32 <= 1e-5 relative;
+the same setting shifted by one step differs by more than 10x that), reusing the same steps (its log line);
+disabled settings give the plain run bit for bit; heun (two model calls per step) and LoRA weight patches run with
+it. The checks run in one process of ComfyUI's interpreter with the tree of ``$COMFYUI_PATH`` importable
+(tests/comfy_cache_inprocess.py).
+
+Run: ``COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/python python -m pytest -m comfy
+tests/test_comfy_cache.py`` (a 0.3.64 tree may need its side packages on ``PYTHONPATH``, which is passed on).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from comfy_host import find_comfy
+
+pytestmark = pytest.mark.comfy
+COMFY, WHY = find_comfy()
+SCRIPT = Path(__file__).resolve().parent / "comfy_cache_inprocess.py"
+CHECKS = ["tgate", "first_block_cache", "dbcache", "disabled_equals_plain", "heun_and_lora"]
+
+
+def test_cache_node_in_comfyui(tmp_path):
+    if COMFY is None:
+        pytest.skip(WHY)
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    done = subprocess.run(
+        [python, str(SCRIPT), str(COMFY), str(tmp_path), *CHECKS],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"failed in {COMFY}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    for check in CHECKS:
+        assert f"{check}: ok" in done.stdout, done.stdout[-3000:]
