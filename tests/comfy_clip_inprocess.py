@@ -124,7 +124,7 @@ def main() -> None:
 
     import nodes  # noqa: F401  ComfyUI's nodes.py, imported before our pack puts the repository on sys.path
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds synchronisation (100x slower on a busy host)
     recognise_tiny_t5()
     import_pack()
     for file_format in formats or FORMATS:
