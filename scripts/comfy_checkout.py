@@ -71,7 +71,8 @@ class Interpreter:
 
     def describe(self) -> str:
         device = self.gpu or "no GPU -> --cpu"
-        return f"{self.python} ({self.origin}; torch {self.torch}, {device})"
+        path = f"; PYTHONPATH={self.env['PYTHONPATH']}" if self.env.get("PYTHONPATH") else ""
+        return f"{self.python} ({self.origin}; torch {self.torch}, {device}{path})"
 
 
 def find_comfy(explicit: str | Path | None = None) -> tuple[Path | None, str]:
