@@ -64,8 +64,9 @@ def test_refused_workflow_keeps_comfyui_log(tmp_path):
     prompt["6"]["inputs"]["steps"] = 0  # below the widget's minimum: ComfyUI refuses the prompt
     workflow = tmp_path / "refused.json"
     workflow.write_text(json.dumps(prompt))
-    out = tmp_path / "out"
-    run = run_runner(workflow, out, "--tiny")
+    out, models = tmp_path / "out", tmp_path / "no-models"
+    models.mkdir()
+    run = run_runner(workflow, out, "--models", str(models))  # refused before any model would load
     assert run.returncode == 1, run.stderr
     assert "PromptRejected" in run.stderr
     kept = sorted(out.glob("comfyui-*.log"))
