@@ -177,7 +177,8 @@ def stock_samplers(s: Setup, model):
 def check_equals_pixart(s: Setup, method: str, settings: dict, make_cache, shifted: dict) -> None:
     """The node through each sampler equals pixart's cache through ComfyUI's dpmpp_2m, reusing the same steps; a
     pixart run with one setting shifted by a step differs by far more than the tolerance (the comparison sees a
-    wrong step mapping); a second generation resets the state (same latent, same log line)."""
+    wrong step mapping, and that the setting matters at all); a second generation resets the state (same latent,
+    same log line)."""
     cached = s.cached(s.model(), method, **settings)
     got, lines = s.sample(cached)
     cache = make_cache(settings)
@@ -195,8 +196,6 @@ def check_equals_pixart(s: Setup, method: str, settings: dict, make_cache, shift
     err = relative(off, want)
     print(f"{method} with {shifted}: relative difference {err:.2e}")
     assert err > 10 * TOL, f"{method}: shifting {shifted} changed the latent by only {err:.2e}"
-    plain = s.reference(None)
-    assert relative(got, plain) > 10 * TOL, f"{method} did not change the latent"
 
 
 def check_tgate(s: Setup) -> None:
