@@ -283,12 +283,33 @@ def check_heun_and_lora(s: Setup) -> None:
         print(f"{order}: {lines[0]}")
 
 
+def check_tgate_needs_both_halves(s: Setup) -> None:
+    """CFG 1 (ComfyUI then runs the positive prompt alone): T-GATE refuses with an error that says why and what to
+    use; first-block cache runs."""
+    import comfy.sample
+
+    positive, negative = s.conds()
+    noise = s.torch.zeros_like(s.latent["samples"])
+    for method, settings in (("T-GATE", TGATE), ("first-block cache", FIRST_BLOCK)):
+        model = s.cached(s.model(), method, **settings)
+        try:
+            comfy.sample.sample(
+                model, noise, 2, 1.0, "euler", "normal", positive, negative, noise, seed=0, disable_pbar=True
+            )
+        except ValueError as e:
+            assert method == "T-GATE" and "positive and the negative prompt in one model call" in str(e), str(e)
+            print(f"{method} at CFG 1: {e}")
+        else:
+            assert method != "T-GATE", "T-GATE ran at CFG 1"
+
+
 CHECKS = {
     "tgate": check_tgate,
     "first_block_cache": check_first_block_cache,
     "dbcache": check_dbcache,
     "disabled_equals_plain": check_disabled_equals_plain,
     "heun_and_lora": check_heun_and_lora,
+    "tgate_needs_both_halves": check_tgate_needs_both_halves,
 }
 
 
