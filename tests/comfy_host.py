@@ -9,7 +9,6 @@ with none, the tests skip and the reason lists what was tried.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -146,17 +145,3 @@ def install_comfy_stubs(monkeypatch, models_root: Path) -> None:
     for name, module in {"folder_paths": folder_paths, "comfy": comfy, "comfy.samplers": samplers,
                          "comfy.model_management": mm}.items():  # fmt: skip
         monkeypatch.setitem(sys.modules, name, module)
-
-
-def load_nodes_package():
-    """This repo's ``nodes/`` imported under its own name (``pixart_sigma_nodes``), as ComfyUI would import it as a
-    sub-package of the pack, so it never clashes with ComfyUI's top-level ``nodes`` module."""
-    name = "pixart_sigma_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, REPO / "nodes" / "__init__.py", submodule_search_locations=[str(REPO / "nodes")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]

@@ -48,8 +48,7 @@ class Setup:
         import torch
         from safetensors.torch import save_file
 
-        sys.path.insert(0, str(REPO / "scripts"))
-        import tiny_weights
+        from scripts import tiny_weights
 
         self.torch = torch
         self.comfy_path = comfy_path
@@ -312,8 +311,9 @@ def check_t5_in_memory_manager(s: Setup) -> None:
     """After PixArt Sigma Text Encode, ComfyUI's loaded models hold a patcher of our T5; "unload models" (what
     ``/free`` runs: ``unload_all_models``) takes it out; the next encode loads it again and gives the same states."""
     import comfy.model_management as mm
-    import tiny_weights
     from safetensors.torch import save_file
+
+    from scripts import tiny_weights
 
     torch = s.torch
     pack = sys.modules[PACK]

@@ -16,7 +16,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from comfy_inprocess import PACK, REPO, import_comfy, import_pack, node_result
+from comfy_inprocess import PACK, import_comfy, import_pack, node_result
 
 TOL = 1e-4
 SEED = 123
@@ -29,7 +29,6 @@ class Setup:
     def __init__(self, work: Path):
         import torch
 
-        sys.path.insert(0, str(REPO / "scripts"))
         import_pack()
         self.torch = torch
         self.work = work
@@ -40,8 +39,9 @@ class Setup:
         self.neg = torch.randn(1, 4, 4096, generator=g)
 
     def dit_file(self, variant: str, seed: int) -> Path:
-        import tiny_weights
         from safetensors.torch import save_file
+
+        from scripts import tiny_weights
 
         path = self.work / f"tiny_{variant}_{seed}.safetensors"
         if not path.exists():

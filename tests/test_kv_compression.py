@@ -8,7 +8,10 @@ from dit_fixtures import inputs, max_rel_error, tiny_config
 from torch import nn
 
 from pixart import KVCompress, PixArtTransformer, parse_layers
+from pixart.embeddings import default_operations
 from pixart.kv_compression import compress_kv, compressed_grid_size
+
+OPS = default_operations()  # the layers the model builds its trained KV compression from
 
 
 def _windows(h, w, s, keep):
@@ -54,7 +57,7 @@ def test_ave_drop_is_official_nearest_resize():
 @pytest.mark.parametrize("remainder", ["keep", "drop"])
 def test_conv_with_averaging_weights_equals_avgpool(remainder):
     c, s, h, w = 6, 2, 8, 10
-    conv = nn.Conv2d(c, c, s, stride=s, groups=c)
+    conv = OPS.Conv2d(c, c, s, stride=s, groups=c)
     with torch.no_grad():
         conv.weight.fill_(1 / s**2)
         conv.bias.zero_()
@@ -65,10 +68,10 @@ def test_conv_with_averaging_weights_equals_avgpool(remainder):
 
 def test_conv_on_odd_grid_drop_floors_like_official():
     c, s = 4, 2
-    conv = nn.Conv2d(c, c, s, stride=s, groups=c)
-    out = compress_kv(torch.randn(1, 9 * 7, c), (9, 7), "conv", s, "drop", conv=conv, norm=nn.LayerNorm(c))
+    conv = OPS.Conv2d(c, c, s, stride=s, groups=c)
+    out = compress_kv(torch.randn(1, 9 * 7, c), (9, 7), "conv", s, "drop", conv=conv, norm=OPS.LayerNorm(c))
     assert out.shape == (1, 4 * 3, c)
-    out = compress_kv(torch.randn(1, 9 * 7, c), (9, 7), "conv", s, "keep", conv=conv, norm=nn.LayerNorm(c))
+    out = compress_kv(torch.randn(1, 9 * 7, c), (9, 7), "conv", s, "keep", conv=conv, norm=OPS.LayerNorm(c))
     assert out.shape == (1, 5 * 4, c)
 
 
