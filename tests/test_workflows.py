@@ -156,6 +156,20 @@ def test_the_examples_exist(folder):
     assert all("SaveImage" in k and {"VAEDecode", "VAEDecodeTiled"} & k for k in kinds.values())
 
 
+VAE_OF_FAMILY = {"alpha": "vae-ft-mse-840000-ema-pruned.safetensors", "sigma": "sdxl_vae.safetensors"}
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_each_example_decodes_with_its_family_vae(folder):
+    """PixArt-alpha latents are SD1.5-VAE latents, PixArt-Sigma's SDXL-VAE ones: the wrong VAE gives garbled images."""
+    for path in sorted((FOLDERS[folder] / "api").glob("*.json")):
+        prompt = json.loads(path.read_text())
+        families = {n["inputs"]["model_family"] for n in prompt.values() if n["class_type"] == "PixArtSigmaTextEncode"}
+        vaes = {n["inputs"]["vae_name"] for n in prompt.values() if n["class_type"] == "VAELoader"}
+        assert len(families) == 1, f"{path.name}: text encodes of several families {families}"
+        assert vaes == {VAE_OF_FAMILY[families.pop()]}, f"{path.name}: VAE {vaes}"
+
+
 def test_the_recipe_examples():
     """One-step (DMD), LCM 4 steps, the 900M two-stage hand-over and 4K, each wired as its reference samples."""
     prompts = {name: load(name)[1] for name in ("pixart_alpha_dmd_one_step", "pixart_alpha_lcm_4_steps",
