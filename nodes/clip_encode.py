@@ -19,7 +19,7 @@ import torch
 from ..pixart.t5.encoder import CHARS_PER_TOKEN, preprocess_prompt
 from .common import pick
 from .node_api import CATEGORY, io, schema
-from .text_encode import MAX_TOKENS
+from .text_encode import MAX_TOKENS, conditioning, conditioning_output, model_family_input
 
 logger = logging.getLogger(__name__)
 
@@ -115,20 +115,9 @@ class PixArtSigmaCLIPTextEncode(io.ComfyNode):
                     tooltip="The prompt; leave empty for the usual negative prompt. No (word:1.2) weights: the text "
                     "is encoded as written, lowercased.",
                 ),
-                io.Combo.Input(
-                    "model_family",
-                    options=list(MAX_TOKENS),
-                    default="sigma",
-                    tooltip=f"sigma: up to {MAX_TOKENS['sigma']} T5 tokens (PixArt-Sigma); alpha: up to "
-                    f"{MAX_TOKENS['alpha']} (PixArt-alpha). Longer prompts are cut, with a warning in the log.",
-                ),
+                model_family_input(),
             ],
-            outputs=[
-                io.Conditioning.Output(
-                    tooltip="T5 states of the prompt's real tokens (padding dropped) with their attention_mask; works "
-                    "with PixArt Sigma Sampler, KSampler and ComfyUI's built-in PixArt model."
-                )
-            ],
+            outputs=[conditioning_output()],
         )
 
     @classmethod
@@ -137,6 +126,4 @@ class PixArtSigmaCLIPTextEncode(io.ComfyNode):
 
         max_length = pick(MAX_TOKENS, model_family, "PixArt Sigma CLIP Text Encode model_family")
         states, mask = encode_with_mask(clip, text, max_length)  # (1, L, C), (1, L)
-        states = states[:, mask[0] > 0].to(mm.intermediate_device(), torch.float32)  # (1, L_real, C)
-        attention_mask = torch.ones(states.shape[:2], dtype=torch.float32, device=states.device)
-        return io.NodeOutput([[states, {"attention_mask": attention_mask, "pooled_output": None}]])
+        return io.NodeOutput(conditioning(states, mask, mm.intermediate_device()))

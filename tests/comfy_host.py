@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from scripts import comfy_checkout
@@ -48,6 +50,23 @@ def example_prompts() -> dict[str, dict]:
 def nodes_of(prompt: dict, class_type: str) -> list[str]:
     """Ids of the prompt's nodes of one type."""
     return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def run_inprocess(script: Path, comfy: Path, work: Path, names: Sequence[str], timeout: int = 900) -> None:
+    """Run ``script COMFY WORK NAME...`` in ComfyUI's interpreter ($COMFYUI_PYTHON) with ``work`` as its folder and
+    assert that it exits 0 and prints ``NAME: ok`` for every name (its in-process checks, see comfy_inprocess.py)."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    done = subprocess.run(
+        [python, str(script), str(comfy), str(work), *names],
+        cwd=work,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"{names} failed in {comfy}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    for name in names:
+        assert f"{name}: ok" in done.stdout, done.stdout[-3000:]
 
 
 def bundled_tokenizer(comfy: Path) -> Path:

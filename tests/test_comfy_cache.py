@@ -12,13 +12,10 @@ tests/test_comfy_cache.py`` (a 0.3.64 tree may need its side packages on ``PYTHO
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import find_comfy
+from comfy_host import find_comfy, run_inprocess
 
 pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
@@ -29,15 +26,4 @@ CHECKS = ["tgate", "first_block_cache", "dbcache", "disabled_equals_plain", "heu
 def test_cache_node_in_comfyui(tmp_path):
     if COMFY is None:
         pytest.skip(WHY)
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    done = subprocess.run(
-        [python, str(SCRIPT), str(COMFY), str(tmp_path), *CHECKS],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, f"failed in {COMFY}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    for check in CHECKS:
-        assert f"{check}: ok" in done.stdout, done.stdout[-3000:]
+    run_inprocess(SCRIPT, COMFY, tmp_path, CHECKS)

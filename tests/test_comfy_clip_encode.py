@@ -10,13 +10,10 @@ tests/test_comfy_clip_encode.py`` (a 0.3.64 tree may need its side packages on `
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import find_comfy
+from comfy_host import find_comfy, run_inprocess
 
 pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
@@ -27,14 +24,4 @@ FORMATS = ("fp16", "fp8_e4m3fn", "fp8_scaled")
 def test_clip_encode_equals_t5_loader(tmp_path):
     if COMFY is None:
         pytest.skip(WHY)
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    done = subprocess.run(
-        [python, str(SCRIPT), str(COMFY), str(tmp_path), *FORMATS],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"failed in {COMFY}:\n{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
-    for file_format in FORMATS:
-        assert f"{file_format}: ok" in done.stdout, done.stdout[-2000:]
+    run_inprocess(SCRIPT, COMFY, tmp_path, FORMATS)

@@ -9,13 +9,10 @@ tests/test_comfy_machinery.py`` (a 0.3.64 tree may need its side packages on ``P
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import find_comfy
+from comfy_host import find_comfy, run_inprocess
 
 pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
@@ -36,13 +33,4 @@ CHECKS = [
 def test_comfy_machinery(check, tmp_path):
     if COMFY is None:
         pytest.skip(WHY)
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    done = subprocess.run(
-        [python, str(SCRIPT), str(COMFY), str(tmp_path), check],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, f"{check} failed in {COMFY}:\n{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
-    assert f"{check}: ok" in done.stdout, done.stdout[-2000:]
+    run_inprocess(SCRIPT, COMFY, tmp_path, [check])

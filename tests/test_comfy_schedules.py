@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import example_prompts, find_comfy
+from comfy_host import example_prompts, find_comfy, run_inprocess
 
 pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
@@ -41,17 +40,7 @@ CHECKS = [
 def test_recipe_through_comfyui(check, tmp_path):
     if COMFY is None:
         pytest.skip(WHY)
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    done = subprocess.run(
-        [python, str(SCRIPT), str(COMFY), str(tmp_path), check],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, f"{check} failed in {COMFY}:\n{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
-    assert f"{check}: ok" in done.stdout, done.stdout[-2000:]
+    run_inprocess(SCRIPT, COMFY, tmp_path, [check])
 
 
 RUNNER = Path(__file__).resolve().parents[1] / "scripts" / "run_workflow.py"
