@@ -13,7 +13,7 @@ from __future__ import annotations
 import comfy.model_management as mm
 from torch import Tensor, nn
 
-from ..pixart.model import BlockFn, BlockHook, BlockInputs
+from ..pixart.block_hooks import BlockFn, BlockHook, BlockInputs
 
 BLOCK_KEY = "double_block"  # PixArt blocks are single-stream; ComfyUI's single-stream DiTs patch this key
 

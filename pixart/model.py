@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import AttentionFn, AttentionReuse, CrossAttention, SelfAttention, sdpa_attention
+from .block_hooks import BlockHook, BlockInputs, call_hook
 from .config import KVCompress, PixArtConfig
 from .embeddings import (
     CaptionEmbedder,
@@ -68,26 +69,6 @@ class Modulation(NamedTuple):
     shift_mlp: Tensor
     scale_mlp: Tensor
     gate_mlp: Tensor
-
-
-class BlockInputs(NamedTuple):
-    """What every block of one forward shares."""
-
-    y: Tensor  # (B, L', C) projected caption tokens
-    t0: Tensor  # (B, 6C) adaLN-single output of the timestep (and alpha's size) embedding
-    grid: tuple[int, int]  # (h, w) token grid of the image
-    bias: Tensor | None  # None or (B, 1, 1, L') caption mask bias (0 keep, -inf drop)
-    token_chunk: int | None  # tokens per chunk of the per-token work, None for all at once
-
-
-BlockFn = Callable[[Tensor], Tensor]
-"""One block on the image tokens: (B, N, C) -> (B, N, C); may update its input in place (no autograd)."""
-
-BlockHook = Callable[[int, Tensor, BlockInputs, BlockFn], Tensor]
-"""``hook(index, x, inputs, run) -> x``: called instead of block ``index`` with the (B, N, C) image tokens, the
-inputs every block shares and ``run``, the block itself (or the next hook); returns the (B, N, C) tokens after the
-block. A hook may call ``run`` once, not at all (skip or reuse the block), or on other tokens. ``run`` may update
-the tokens it is given in place: clone them first to keep them."""
 
 
 class PixArtBlock(nn.Module):
@@ -305,7 +286,7 @@ class PixArtTransformer(nn.Module):
             return block(tokens, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk, reuse)
 
         for hook in reversed(hooks):
-            run = partial(_call_hook, hook, index, inputs, run)
+            run = partial(call_hook, hook, index, inputs, run)
         return run(x)
 
     def _check_inputs(self, x: Tensor, caption: Tensor, caption_mask: Tensor | None) -> None:
@@ -416,7 +397,3 @@ class PixArtTransformer(nn.Module):
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)
         return x.to(out_dtype)
-
-
-def _call_hook(hook: BlockHook, index: int, inputs: BlockInputs, run: BlockFn, x: Tensor) -> Tensor:
-    return hook(index, x, inputs, run)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..model import BlockFn, BlockInputs
+from ..block_hooks import BlockFn, BlockInputs
 from .base import StepCache
 
 
