@@ -161,5 +161,5 @@ def choose_interpreter(comfy: Path, explicit: str | None = None, env: dict[str, 
         f"no interpreter can run ComfyUI at {comfy}; tried:\n"
         + "\n".join(reasons)
         + f"\nInstall ComfyUI's requirements into one (pip install -r {comfy / 'requirements.txt'}) and pass it with"
-        " --python or COMFYUI_PYTHON."
+        " --python or COMFYUI_PYTHON, or build the pack's test venv: python scripts/comfy_env.py"
     )

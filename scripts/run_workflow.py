@@ -2,8 +2,9 @@
 
     python scripts/run_workflow.py example_workflows/pixart_sigma_1024.json --tiny
 
-Finds ComfyUI by itself when this repository sits in ``ComfyUI/custom_nodes/`` (else ``--comfy`` or
-``$COMFYUI_PATH``), picks an interpreter that can import ComfyUI's requirements (``--python``, ``$COMFYUI_PYTHON``,
+Finds ComfyUI by itself: ``--comfy``, ``$COMFYUI_PATH``, the ComfyUI whose ``custom_nodes/`` holds this
+repository, else the newest tree in ``../shared/comfyui/`` beside it (as the tests find theirs). It picks an
+interpreter that can import ComfyUI's requirements (``--python``, ``$COMFYUI_PYTHON``,
 else a venv in or beside the checkout, else this one: each is checked and the one used is named) and passes
 ``--cpu`` when it sees no GPU. ComfyUI runs on loopback with a temporary base directory whose ``custom_nodes/``
 links to this repository; its progress (node, step i/n, elapsed) is shown while it runs. Images go to ``--out``
@@ -31,6 +32,7 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts import comfy_env
 from scripts.comfy_checkout import NoInterpreter, choose_interpreter, find_comfy
 from scripts.comfy_progress import Progress, follow
 from scripts.comfy_server import ComfyServer, PromptRejected, ServerFailed, WorkflowFailed
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     comfy, why = find_comfy(args.comfy)
+    if comfy is None and comfy_env.shared_trees():
+        comfy = comfy_env.shared_trees()[0]  # the newest ComfyUI tree in ../shared/comfyui beside this clone
+        log.info("no ComfyUI named or around this repository: using %s", comfy)
     if comfy is None:
         log.error("%s", why)
         return 2

@@ -127,3 +127,21 @@ def test_progress_lines_name_the_node_and_the_step(caplog):
     assert lines[-2].endswith("node 6 PixArtSigmaSampler: step 3/3")  # step 2 came within a second: not shown
     assert len(lines) == 4 and lines[-1].endswith("still running node 6 PixArtSigmaSampler")
     assert all(line.startswith("[") and " s] " in line for line in lines)
+
+
+def test_without_a_named_comfyui_the_newest_shared_tree_is_used(tmp_path, monkeypatch, no_test_venv, caplog):
+    """No --comfy, no $COMFYUI_PATH, not inside ComfyUI/custom_nodes/: the newest tree of ../shared/comfyui/ (what
+    the tests use) runs the main job; it is checked like any checkout (here none of its requirements import)."""
+    from scripts import run_workflow
+
+    comfy = fake_checkout(tmp_path, "surely-not-an-installed-distribution\n")
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setattr(run_workflow, "find_comfy", lambda explicit: (None, "no ComfyUI found: set COMFYUI_PATH"))
+    monkeypatch.setattr(run_workflow.comfy_env, "shared_trees", lambda: [comfy])
+    workflow = REPO / "example_workflows" / "api" / "pixart_sigma_1024.json"
+    with caplog.at_level(logging.INFO):
+        assert run_workflow.main([str(workflow), "--out", str(tmp_path / "out")]) == 2
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"using {comfy}" in messages
+    assert f"no interpreter can run ComfyUI at {comfy}" in messages
+    assert "python scripts/comfy_env.py" in messages
