@@ -1,6 +1,6 @@
 """PixArt-Sigma and PixArt-alpha diffusion transformers with KV token compression, in plain PyTorch (no ComfyUI)."""
 
-from .checkpoints import read_checkpoint
+from .checkpoints import pipeline_noise_schedule, read_checkpoint
 from .config import CAPTION_TOKENS, VARIANTS, KVCompress, PixArtConfig, parse_layers
 from .errors import CheckpointError, LoraError, PixArtError, T5Error
 from .loader import load_dit
@@ -29,6 +29,7 @@ __all__ = [
     "PixArtTransformer",
     "load_dit",
     "parse_layers",
+    "pipeline_noise_schedule",
     "read_checkpoint",
     "T5Error",
     *_TEXT_ENCODER_NAMES,

@@ -181,12 +181,14 @@ def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_json(text: str | bytes, source: str, error: ErrorKind) -> dict:
-    """A JSON object from text (a file's, or a header entry's); NaN/Infinity and other top-level types refused."""
+def parse_json(text: str | bytes, source: str, error: ErrorKind, constants: bool = False) -> dict:
+    """A JSON object from text (a file's, or a header entry's); other top-level types refused, and NaN/Infinity
+    unless ``constants`` (diffusers writes ``-Infinity`` into scheduler configs; :func:`json_field` still refuses a
+    non-finite value for any field read)."""
     if len(text) > MAX_JSON_BYTES:
         raise error(f"{source}: {len(text)} bytes of JSON, more than the {MAX_JSON_BYTES} a config may have")
     try:
-        data = json.loads(text, parse_constant=_no_constants)
+        data = json.loads(text, parse_constant=None if constants else _no_constants)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise error(f"{source}: not valid JSON: {short(e, 160)}") from e
     if not isinstance(data, dict):
@@ -194,8 +196,9 @@ def parse_json(text: str | bytes, source: str, error: ErrorKind) -> dict:
     return data
 
 
-def read_json(path: Path, error: ErrorKind) -> dict:
-    """A JSON object from a file (``config.json``, an index, ``adapter_config.json``)."""
+def read_json(path: Path, error: ErrorKind, constants: bool = False) -> dict:
+    """A JSON object from a file (``config.json``, an index, ``adapter_config.json``); ``constants`` as in
+    :func:`parse_json`."""
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
@@ -203,7 +206,7 @@ def read_json(path: Path, error: ErrorKind) -> dict:
         data = path.read_bytes()
     except OSError as e:
         raise error(f"{path}: cannot read: {short(e, 160)}") from e
-    return parse_json(data, str(path), error)
+    return parse_json(data, str(path), error, constants)
 
 
 _REQUIRED = object()

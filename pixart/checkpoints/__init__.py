@@ -21,6 +21,7 @@ from ..errors import CheckpointError, listing, short
 from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, read_weights
 from .diffusers_dir import folder_hints, read_diffusers_folder, transformer_folder
 from .keymap import COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX, PIPELINE_PREFIX, diffusers_to_official, is_diffusers_layout
+from .scheduler_config import pipeline_noise_schedule
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,14 @@ PREFIXES = (COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX, PIPELINE_PREFIX, "module.", 
 # EMA is what inference wants.
 WRAPPER_KEYS = ("state_dict_ema", "state_dict", "ema", "model", "module")
 
-__all__ = ["CheckpointError", "read_checkpoint", "read_tensors", "to_official_keys", "check_against_model"]
+__all__ = [
+    "CheckpointError",
+    "check_against_model",
+    "pipeline_noise_schedule",
+    "read_checkpoint",
+    "read_tensors",
+    "to_official_keys",
+]
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict, str]:
