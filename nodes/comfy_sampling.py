@@ -24,7 +24,7 @@ def model_sampling_for(schedule: NoiseSchedule, model_config=None) -> comfy.mode
     (zero-terminal-SNR with diffusers' terminal alpha_bar 2^-24, so samplers match the reference pipelines)."""
 
     class PixArtModelSampling(comfy.model_sampling.ModelSamplingDiscrete, PREDICTIONS[schedule.prediction]):
-        pass
+        noise_schedule = schedule  # read back by noise_schedule_of
 
     sampling = PixArtModelSampling(model_config, zsnr=False)
     sampling.set_sigmas(schedule.sigmas().float())
@@ -37,6 +37,12 @@ def with_noise_schedule(model, schedule: NoiseSchedule):
     patched = model.clone()
     patched.add_object_patch("model_sampling", model_sampling_for(schedule, patched.model.model_config))
     return patched
+
+
+def noise_schedule_of(model) -> NoiseSchedule | None:
+    """The NoiseSchedule a MODEL samples with when ``with_noise_schedule`` gave it one (PixArt Sigma DiT Loader from a
+    pipeline folder's scheduler config, or PixArt Sigma Noise Schedule), else None (ComfyUI's default sampling)."""
+    return getattr(model.get_model_object("model_sampling"), "noise_schedule", None)
 
 
 def prediction_of(model) -> str:

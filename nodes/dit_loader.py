@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from ..pixart import VARIANTS, parse_layers
+import logging
+
+from ..pixart import VARIANTS, parse_layers, pipeline_noise_schedule
+from ..pixart.sampling import NoiseSchedule
 from .common import find_model, model_choices, pick, torch_dtype
 from .node_api import CATEGORY, choice_problem, io, schema
+
+log = logging.getLogger(__name__)
 
 DIT_KINDS = ("diffusion_models", "checkpoints")
 DIT_DTYPES = {"default": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -50,8 +55,10 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
             description=(
                 "PixArt Sigma DiT Loader: loads a PixArt-Sigma or PixArt-alpha transformer from "
                 "models/diffusion_models or models/checkpoints (official .pth, .safetensors with official, diffusers "
-                "or ComfyUI keys, or a diffusers folder). KV compression shrinks the keys and values of "
-                "self-attention for large images (2K, 4K)."
+                "or ComfyUI keys, or a diffusers folder). A diffusers pipeline folder's "
+                "scheduler/scheduler_config.json gives the MODEL its noise schedule (v_prediction, "
+                "rescale_betas_zero_snr, betas), so stock samplers sample it as diffusers does. KV compression "
+                "shrinks the keys and values of self-attention for large images (2K, 4K)."
             ),
             inputs=[
                 io.Combo.Input(
@@ -117,4 +124,12 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
             raise ValueError(f"PixArt Sigma DiT Loader: {problem}")
         dtype = torch_dtype(pick(DIT_DTYPES, weight_dtype, "PixArt Sigma DiT Loader weight_dtype"))
         kv = kv_setting(kv_compress, kv_factor, kv_layers)
-        return io.NodeOutput(load_model(find_model(DIT_KINDS, ckpt_name), variant, dtype, kv))
+        path = find_model(DIT_KINDS, ckpt_name)
+        schedule = pipeline_noise_schedule(path)  # before the weights: a config we cannot reproduce fails fast
+        model = load_model(path, variant, dtype, kv)
+        if schedule is None or schedule == NoiseSchedule():
+            return io.NodeOutput(model)
+        from .comfy_sampling import with_noise_schedule
+
+        log.info("PixArt Sigma DiT Loader: %s samples with its scheduler config's %s", path, schedule)
+        return io.NodeOutput(with_noise_schedule(model, schedule))

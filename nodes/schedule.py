@@ -101,7 +101,11 @@ class PixArtSigmaNoiseSchedule(io.ComfyNode):
             description=(
                 "PixArt Sigma Noise Schedule: what the model predicts (epsilon, or v for YOSO and the v-prediction "
                 "900M revisions) and whether its betas were rescaled to zero terminal SNR, with the reference's "
-                "terminal value, so stock samplers (KSampler, KSamplerAdvanced) sample it as diffusers does."
+                "terminal value, so stock samplers (KSampler, KSamplerAdvanced) sample it as diffusers does. "
+                "Overrides the prediction and zero terminal SNR of the MODEL; its betas and training steps stay "
+                "those it carries. PixArt Sigma DiT Loader already reads all of these from a diffusers pipeline "
+                "folder's scheduler/scheduler_config.json (the exact path for a folder with its own betas); "
+                "other files sample on linear betas 1e-4..0.02 over 1000 steps."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="A PixArt MODEL (from PixArt Sigma DiT Loader)."),
@@ -126,7 +130,8 @@ class PixArtSigmaNoiseSchedule(io.ComfyNode):
             raise ValueError(
                 f"PixArt Sigma Noise Schedule: prediction {prediction!r} is not one of {list(PREDICTIONS)}"
             )
-        from .comfy_sampling import with_noise_schedule
+        from .comfy_sampling import noise_schedule_of, with_noise_schedule
 
-        schedule = NoiseSchedule(prediction=prediction, zero_terminal_snr=zero_terminal_snr)
+        carried = noise_schedule_of(model) or NoiseSchedule()  # betas from the DiT Loader's pipeline folder, if any
+        schedule = dataclasses.replace(carried, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
         return io.NodeOutput(with_noise_schedule(model, schedule))

@@ -174,14 +174,10 @@ def check_yoso_v_one_step(s: Setup) -> None:
     assert_close(got, want, "YOSO v-prediction 1 step")
 
 
-def check_900m_v_zsnr_ksampler(s: Setup) -> None:
-    """The v-prediction 900M: Noise Schedule (v, zero terminal SNR) + stock KSampler dpmpp_2m / simple (trailing
-    spacing), CFG 4.5, 4 steps, equals the sigma-900m-v recipe."""
-    from pixart.sampling import RECIPES, sample
-
+def ksampler_900m(s: Setup, model):
+    """Stock KSampler dpmpp_2m / simple (trailing spacing), CFG 4.5, 4 steps: the x_0 latent in sampling scale."""
     comfy_nodes = sys.modules["nodes"]  # ComfyUI's nodes.py (see main)
 
-    model = noise_schedule(s, s.model(), "v_prediction", True)
     positive, negative = s.conds()
     (out,) = call(
         comfy_nodes.KSampler,
@@ -196,11 +192,90 @@ def check_900m_v_zsnr_ksampler(s: Setup) -> None:
         latent_image=s.empty_latent(),
         denoise=1.0,
     )
+    return out["samples"] * scale_of(model)
+
+
+def check_900m_v_zsnr_ksampler(s: Setup) -> None:
+    """The v-prediction 900M: Noise Schedule (v, zero terminal SNR) + stock KSampler dpmpp_2m / simple (trailing
+    spacing), CFG 4.5, 4 steps, equals the sigma-900m-v recipe."""
+    from pixart.sampling import RECIPES, sample
+
+    got = ksampler_900m(s, noise_schedule(s, s.model(), "v_prediction", True))
     noise, _ = s.noise()
     recipe = dataclasses.replace(RECIPES["sigma-900m-v"], steps=4)
     with s.torch.no_grad():
         want = sample(recipe, s.reference("sigma-1024", 3, 4.5), noise)
-    assert_close(out["samples"] * scale_of(model), want, "900M v-prediction zero-SNR, KSampler dpmpp_2m")
+    assert_close(got, want, "900M v-prediction zero-SNR, KSampler dpmpp_2m")
+
+
+def pipeline_folder(s: Setup, scheduler: dict) -> str:
+    """A diffusers pipeline folder in WORK of the sigma-1024 tiny file (seed 3) with ``scheduler`` as its
+    scheduler/scheduler_config.json, written as diffusers writes it (``-Infinity`` included); its loader name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    import pixart
+    from pixart.checkpoints.keymap import diffusers_config, official_to_diffusers
+    from scripts import tiny_weights
+
+    root = s.work / "tiny_900m_pipeline"
+    (root / "transformer").mkdir(parents=True)
+    (root / "scheduler").mkdir()
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    config = pixart.VARIANTS["sigma-1024"].replace(depth=2)
+    transformer = {"_class_name": "PixArtTransformer2DModel", **diffusers_config(config)}
+    (root / "transformer" / "config.json").write_text(json.dumps(transformer))
+    state = tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3)
+    state.pop("y_embedder.y_embedding")  # diffusers' transformer has no null caption
+    weights = official_to_diffusers(state)
+    save_file(weights, str(root / "transformer" / "diffusion_pytorch_model.safetensors"))
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return "tiny_900m_pipeline/"
+
+
+def check_900m_pipeline_folder(s: Setup) -> None:
+    """PixArt Sigma DiT Loader on a pipeline folder whose scheduler config says v_prediction, zero terminal SNR and
+    its own betas gives a v-prediction MODEL on that schedule: stock KSampler dpmpp_2m equals the sigma-900m-v recipe
+    on the folder's schedule. The Noise Schedule node on top overrides prediction and zero terminal SNR and keeps the
+    folder's betas; a single file loads on ComfyUI's default epsilon schedule."""
+    import folder_paths
+
+    from pixart.sampling import RECIPES, NoiseSchedule, sample
+
+    comfy_sampling = importlib.import_module(f"{PACK}.nodes.comfy_sampling")
+    loader = importlib.import_module(f"{PACK}.nodes.dit_loader").PixArtSigmaDiTLoader
+    folder_paths.add_model_folder_path("diffusion_models", str(s.work), is_default=True)
+    own = {"beta_start": 0.0002, "beta_end": 0.015, "num_train_timesteps": 1000}
+    scheduler = {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "beta_schedule": "linear",
+        "lambda_min_clipped": float("-inf"),
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+        **own,
+    }
+    name = pipeline_folder(s, scheduler)
+    model = node_result(loader.execute(name, "sigma-1024", "fp32", "off", 2, "auto"))
+    schedule = NoiseSchedule("v_prediction", True, own["beta_start"], own["beta_end"], own["num_train_timesteps"])
+    assert comfy_sampling.prediction_of(model) == "v_prediction"
+    carried = comfy_sampling.noise_schedule_of  # the pack's NoiseSchedule (another class than pixart's here)
+    assert dataclasses.asdict(carried(model)) == dataclasses.asdict(schedule)
+    got = ksampler_900m(s, model)
+    noise, _ = s.noise()
+    recipe = dataclasses.replace(RECIPES["sigma-900m-v"], steps=4, schedule=schedule)
+    with s.torch.no_grad():
+        want = sample(recipe, s.reference("sigma-1024", 3, 4.5), noise)
+    assert_close(got, want, "900M pipeline folder (its scheduler config), KSampler dpmpp_2m")
+
+    eps = noise_schedule(s, model, "epsilon", False)
+    assert comfy_sampling.prediction_of(eps) == "epsilon"
+    assert dataclasses.asdict(carried(eps)) == dataclasses.asdict(NoiseSchedule(beta_start=0.0002, beta_end=0.015))
+    sigmas = eps.get_model_object("model_sampling").sigmas.double()
+    assert s.torch.allclose(sigmas, NoiseSchedule(beta_start=0.0002, beta_end=0.015).sigmas(), rtol=1e-6)
+    plain = node_result(loader.execute(s.dit_file("sigma-1024", 3).name, "sigma-1024", "fp32", "off", 2, "auto"))
+    assert carried(plain) is None and comfy_sampling.prediction_of(plain) == "epsilon"
 
 
 def check_900m_two_stage(s: Setup) -> None:
@@ -258,6 +333,7 @@ CHECKS = {
     "lcm_four_steps": check_lcm_four_steps,
     "yoso_v_one_step": check_yoso_v_one_step,
     "900m_v_zsnr_ksampler": check_900m_v_zsnr_ksampler,
+    "900m_pipeline_folder": check_900m_pipeline_folder,
     "900m_two_stage": check_900m_two_stage,
     "non_empty_latent_refused": check_non_empty_latent_refused,
 }

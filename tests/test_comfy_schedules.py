@@ -31,6 +31,7 @@ CHECKS = [
     "lcm_four_steps",
     "yoso_v_one_step",
     "900m_v_zsnr_ksampler",
+    "900m_pipeline_folder",
     "900m_two_stage",
     "non_empty_latent_refused",
 ]

@@ -47,9 +47,8 @@ def read_noise_schedule(path: Path) -> NoiseSchedule:
             f"{source}: states explicit trained_betas, expected null; only linear beta schedules are reproduced"
         )
     _choice(config, "beta_schedule", None, BETA_SCHEDULES, source, "only linear betas are reproduced")
-    prediction = _choice(
-        config, "prediction_type", "epsilon", PREDICTIONS, source, "sample (x_0) prediction is not supported"
-    )
+    why = "PixArt models predict noise or velocity; sample (x_0) prediction is not supported"
+    prediction = _choice(config, "prediction_type", "epsilon", PREDICTIONS, source, why)
     fields = {
         "prediction": prediction,
         "zero_terminal_snr": json_field(config, "rescale_betas_zero_snr", bool, source, CheckpointError, False),
