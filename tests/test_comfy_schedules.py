@@ -1,9 +1,10 @@
-"""The sampling recipes through ComfyUI (marker ``comfy``): PixArt Sigma Few-Step Schedule + stock
-SamplerCustomAdvanced (DMD / Nitro one step, LCM 4 steps, YOSO v-prediction 1 step), PixArt Sigma Noise Schedule +
-stock KSampler dpmpp_2m (900M v-prediction zero-SNR) and two stock KSamplerAdvanced (the 900M two-stage hand-over)
-give the latent of ``pixart.sampling`` on the same tiny weights, prompt states, start noise and seed (fp32 <= 1e-4
-relative); the one-step and LCM samplers refuse a start latent that is not empty. Each check runs in a fresh process
-of ComfyUI's interpreter with the tree of ``$COMFYUI_PATH`` importable (tests/comfy_schedules_inprocess.py).
+"""The sampling recipes through ComfyUI (marker ``comfy``): PixArt Sigma Few-Step Schedule + stock SamplerCustomAdvanced
+(DMD / Nitro one step, LCM 4 steps, YOSO v-prediction 1 step), PixArt Sigma Noise Schedule + stock KSampler dpmpp_2m
+(900M v-prediction zero-SNR; also PixArt Sigma DiT Loader alone on a pipeline folder whose scheduler config says so) and
+two stock KSamplerAdvanced (the 900M two-stage hand-over) give the latent of ``pixart.sampling`` on the same tiny
+weights, prompt states, start noise and seed (fp32 <= 1e-4 relative); the one-step and LCM samplers refuse a start
+latent that is not empty. Each check runs in a fresh process of ComfyUI's interpreter with the tree of ``$COMFYUI_PATH``
+importable (tests/comfy_schedules_inprocess.py).
 The recipe example workflows (DMD one step, LCM 4 steps, 900M two-stage, 4K) run headless through
 scripts/run_workflow.py --tiny at 256 px and few steps, and write their image.
 
