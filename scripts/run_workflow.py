@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     comfy, why = find_comfy(args.comfy)
-    if comfy is None and comfy_env.shared_trees():
-        comfy = comfy_env.shared_trees()[0]  # the newest ComfyUI tree in ../shared/comfyui beside this clone
+    shared = comfy_env.shared_trees() if comfy is None else []  # ComfyUI trees in ../shared/comfyui, newest first
+    if shared:
+        comfy = shared[0]
         log.info("no ComfyUI named or around this repository: using %s", comfy)
     if comfy is None:
         log.error("%s", why)
