@@ -7,7 +7,6 @@ Ground truth: a LoRA injected with PEFT into diffusers' PixArtTransformer2DModel
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -333,48 +332,3 @@ def test_metadata_settings_are_used(peft_model, tmp_path, base, want):
     path = write_diffusers(peft_model, tmp_path)
     scales = {t.source: t.scale for t in load_lora(path).targets}
     assert scales["transformer_blocks.1.ff.net.2"] == 4.0 and scales["transformer_blocks.0.attn2.to_k"] == 0.5
-
-
-# the node's helpers, without ComfyUI -----------------------------------------------------------------------------
-
-
-def _lora_node_module(monkeypatch):
-    """nodes/lora_loader.py of the pack imported as a package (its imports are relative), V3 API stubbed."""
-    from node_pack import install_comfy_api_stub, load_pack
-
-    install_comfy_api_stub(monkeypatch)
-    return load_pack().lora_loader
-
-
-def test_node_lists_files_and_peft_folders(files, monkeypatch):
-    node = _lora_node_module(monkeypatch)
-    find_lora, lora_choices, peft_folders = node.find_lora, node.lora_choices, node.peft_folders
-
-    base = files["kohya"].parent
-    assert peft_folders(base) == ["checkpoint-100/", "peft_adapter/"]
-    names = lora_choices(["kohya.safetensors", "old.bin"], [base, base / "missing"])
-    assert names == ["checkpoint-100/", "kohya.safetensors", "old.bin", "peft_adapter/"]
-    assert find_lora("peft_adapter/", [base / "missing", base]) == files["peft-folder"].resolve()
-    assert find_lora("kohya.safetensors", [base]) == files["kohya"].resolve()
-    with pytest.raises(node.LoraError, match="not found"):  # the pack's own pixart.lora.LoraError
-        find_lora("../loras/kohya.safetensors", [base / "peft_adapter"])
-
-
-def test_node_patches_use_row_offsets_into_fused_weights(files, monkeypatch):
-    """The patch dict ComfyUI's ``add_patches`` gets: keys under ``diffusion_model.``, ``(key, (0, start, rows))``
-    for q/k/v and k/v, and ``LoRAAdapter`` weights ``(up, down, alpha, None, None, None)`` with alpha / r = scale."""
-    import types
-
-    comfy_patches = _lora_node_module(monkeypatch).comfy_patches
-    fake = types.ModuleType("comfy.weight_adapter")
-    fake.LoRAAdapter = lambda loaded_keys, weights: weights
-    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
-    monkeypatch.setitem(sys.modules, "comfy.weight_adapter", fake)
-    patches = comfy_patches(load_lora(files["peft-folder"]))
-    assert len(patches) == 27
-    up, down, alpha, *rest = patches[("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96))]
-    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0 and rest == [None, None, None]
-    kv = "diffusion_model.blocks.0.cross_attn.kv_linear.weight"
-    assert patches[(kv, (0, 0, 96))][2] == 2.0 and patches[(kv, (0, 96, 96))][2] == 8.0  # k: alpha_pattern 2
-    assert patches["diffusion_model.blocks.0.mlp.fc2.weight"][2] == 8.0  # rank 2, scale 4
-    assert patches["diffusion_model.x_embedder.proj.weight"][1].shape == (4, 16)  # conv kernel flattened

@@ -112,14 +112,15 @@ def recording(version: str) -> Path:
 
 
 def record(comfy: Path) -> Path:
-    """Run every case through a ComfyUI server of ``comfy`` on tiny weights and write the latents."""
+    """Run every case through a ComfyUI server of ``comfy`` (run by this interpreter) on tiny weights and write the
+    latents."""
     import tempfile
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from comfy_host import start_server
+    sys.path[:0] = [str(REPO), str(Path(__file__).parent)]
+    from comfy_session import Comfy, start_server
 
     from scripts import tiny_weights
     from scripts.comfy_tree import comfy_version
@@ -130,7 +131,7 @@ def record(comfy: Path) -> Path:
         base = Path(folder)
         prompts = {f"{s}/{n}": latent_prompt(s, n) for s, n in cases()}
         tiny_weights.write_tiny_models(base / "models", list(prompts.values()))
-        server = start_server(comfy, base)
+        server = start_server(Comfy(comfy, comfy_version(comfy), base, package=""))
         try:
             for key, prompt in prompts.items():
                 entry = server.run(prompt, timeout=900)

@@ -3,7 +3,7 @@ VAE decode, headless, on tiny random weights (scripts/tiny_weights.py).
 
 The LoRA's effect is checked against the same workflow run on a DiT file with the LoRA merged in by
 ``pixart.lora.merge_lora`` (itself checked against PEFT in tests/test_lora.py): same latent up to fp32 rounding.
-Run: ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest -m comfy tests/test_comfy_lora.py``.
+All on the session's one server (tests/comfy/conftest.py), whose models folder gets the LoRA files first.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import copy
 
 import pytest
 import torch
-from comfy_host import error_message, example_prompts, find_comfy, nodes_of, start_server, tiny_weights
 from lora_fixtures import random_lora, write_adapter_folder, write_kohya, write_official_keys
 from safetensors.torch import load_file
+from workflow_latents import nodes_of, prompts_of
 
 from pixart import VARIANTS, PixArtTransformer
 from pixart.lora import load_lora, merge_lora
+from scripts.comfy_server import error_message
 
 pytestmark = pytest.mark.comfy
-COMFY, WHY = find_comfy()
 BASE_PROMPT = "pixart_sigma_stock_ksampler"  # DiT loader -> KSampler -> VAE decode -> SaveImage
 TOL = 1e-4  # patched weights vs a pre-merged file: both fp32, rounding differs in the last bits only
 
@@ -30,15 +30,10 @@ def merged_name(tag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """A started server whose models/ holds the tiny example models, LoRAs in three namings, and DiT files with
-    those LoRAs merged in (same format and name pattern as the base DiT, so they load the same way)."""
-    if COMFY is None:
-        pytest.skip(WHY)
-    base = tmp_path_factory.mktemp("comfy-lora")
-    models = base / "models"
-    prompt = example_prompts()[BASE_PROMPT]
-    tiny_weights.write_tiny_models(models, [prompt])
+def host(server, models):
+    """The session's server, its models folder now also holding LoRAs in three namings, and DiT files with those
+    LoRAs merged in (same format and name pattern as the base DiT, so they load the same way)."""
+    prompt = prompts_of("examples")[BASE_PROMPT]
     dit_file = models / "diffusion_models" / prompt[nodes_of(prompt, "PixArtSigmaDiTLoader")[0]]["inputs"]["ckpt_name"]
     dit = torch.load(dit_file, weights_only=True)
     loras = models / "loras"
@@ -62,9 +57,7 @@ def host(tmp_path_factory):
         for name, strength in stack:
             merged = merge_lora(merged, load_lora(loras / name), strength)
         torch.save(merged, models / "diffusion_models" / merged_name(tag))
-    server = start_server(COMFY, base)
-    yield server
-    server.stop()
+    return server
 
 
 def _modules(state: dict) -> list[str]:
@@ -74,7 +67,7 @@ def _modules(state: dict) -> list[str]:
 def lora_prompt(loras: list[tuple[str, float]], dit: str | None = None, builtin: bool = False) -> dict:
     """The stock-KSampler example at 256 px, 3 steps, fp32 T5, with LoRA loaders chained between DiT and KSampler,
     and its latent saved. ``builtin``: load the DiT with ComfyUI's own UNETLoader (its PixArt needs 512 px)."""
-    prompt = copy.deepcopy(example_prompts()[BASE_PROMPT])
+    prompt = copy.deepcopy(prompts_of("examples")[BASE_PROMPT])
     (dit_id,), (sampler_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader"), nodes_of(prompt, "KSampler")
     (latent_id,), (t5_id,) = nodes_of(prompt, "EmptyLatentImage"), nodes_of(prompt, "PixArtSigmaT5Loader")
     prompt[latent_id]["inputs"].update(width=512 if builtin else 256, height=512 if builtin else 256)
