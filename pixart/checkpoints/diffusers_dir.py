@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..errors import CheckpointError, short
-from ..io import json_field, read_json, read_shard_index, read_weights
+from ..io import entry_kind, json_field, read_json, read_shard_index, read_weights
 
 TRANSFORMER_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
 PIPELINE_FAMILIES = {"PixArtSigmaPipeline": "sigma", "PixArtAlphaPipeline": "alpha"}
@@ -18,9 +18,9 @@ MAX_SAMPLE_SIZE = 1024  # latent side of the base resolution a config may state 
 
 def transformer_folder(path: Path) -> Path:
     """The folder holding ``config.json``: ``path`` itself or its ``transformer/`` (a whole pipeline folder)."""
-    if (path / "config.json").is_file():
+    if entry_kind(path / "config.json") != "missing":  # read_json names a config.json that is not a regular file
         return path
-    if (path / "transformer" / "config.json").is_file():
+    if entry_kind(path / "transformer" / "config.json") != "missing":
         return path / "transformer"
     raise CheckpointError(f"{path}: a diffusers transformer folder needs config.json (or transformer/config.json)")
 
@@ -57,10 +57,10 @@ def folder_hints(folder: Path) -> dict:
 def read_diffusers_folder(folder: Path) -> dict[str, Tensor]:
     """All weight tensors of a diffusers model folder, joining shards listed in the ``*.index.json``."""
     for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
+        if entry_kind(folder / name) != "missing":
             return read_weights(folder / name, CheckpointError)
         index = folder / f"{name}.index.json"
-        if index.is_file():
+        if entry_kind(index) != "missing":
             tensors: dict[str, Tensor] = {}
             for shard in read_shard_index(index, CheckpointError):
                 tensors.update(read_weights(shard, CheckpointError))
