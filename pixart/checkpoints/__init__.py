@@ -72,7 +72,7 @@ def to_official_keys(tensors: dict[str, Tensor], source: str) -> dict[str, Tenso
     tensors = _strip_prefix(tensors, source)
     if not is_diffusers_layout(tensors):
         return tensors
-    converted, unknown = diffusers_to_official(tensors)
+    converted, unknown = diffusers_to_official(tensors, source)
     if unknown:
         raise CheckpointError(
             f"{source}: {len(unknown)} tensors are not PixArt transformer weights: {listing(unknown)}"

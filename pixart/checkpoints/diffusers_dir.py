@@ -14,6 +14,8 @@ PIPELINE_FAMILIES = {"PixArtSigmaPipeline": "sigma", "PixArtAlphaPipeline": "alp
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 MAX_HEADS = 1024  # attention heads a config may state
 MAX_SAMPLE_SIZE = 1024  # latent side of the base resolution a config may state (8192 px)
+# Fields a config may leave out (PixArtTransformer2DModel's defaults apply) but never state as null.
+REQUIRED_IF_PRESENT = ("num_attention_heads", "sample_size")
 
 
 def transformer_folder(path: Path) -> Path:
@@ -34,6 +36,9 @@ def folder_hints(folder: Path) -> dict:
         raise CheckpointError(f"{path}: _class_name is {short(repr(name), 60)}, expected one of {TRANSFORMER_CLASSES}")
     source = str(path)
     hints = {}
+    for key in REQUIRED_IF_PRESENT:  # diffusers cannot build a model from a null one either (None // 64)
+        if key in config and config[key] is None:
+            raise CheckpointError(f"{source}: {key!r} is null; expected an int (or the key left out for the default)")
     heads = json_field(config, "num_attention_heads", int, source, CheckpointError, None, (1, MAX_HEADS))
     if heads is not None:
         hints["num_heads"] = heads
