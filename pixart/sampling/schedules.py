@@ -117,20 +117,25 @@ def validate_schedule(
 
 def max_spaced_steps(spacing: str, train_steps: int = 1000, steps_offset: int = 0) -> int:
     """The most steps ``spaced_timesteps`` gives without repeating a timestep or leaving 0..T-1: T-1 for linspace
-    (the rounded points lie >= 1 apart), T for trailing, ``T // (steps_offset + 1) - 1`` for leading."""
+    (the rounded points lie >= 1 apart), T for trailing; for leading the largest n with ``T // (n+1) >= 1`` and
+    ``n (T // (n+1)) + steps_offset <= T-1`` (T-1 when the offset is 0)."""
     if spacing == "linspace":
         return train_steps - 1
     if spacing == "trailing":
         return train_steps
     if spacing == "leading":
-        return train_steps // (steps_offset + 1) - 1
+        steps = train_steps - 1
+        while steps > 0 and steps * (train_steps // (steps + 1)) + steps_offset > train_steps - 1:
+            steps -= 1
+        return steps
     raise ValueError(f"spaced_timesteps: spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
 def spaced_timesteps(steps: int, spacing: str, train_steps: int = 1000, steps_offset: int = 0) -> list[int]:
     """``steps`` descending training timesteps, spaced as diffusers' multistep solvers space them.
 
-    linspace: ``round(linspace(0, T-1, steps+1))`` reversed, without the final 0 (the PixArt reference).
+    linspace: ``round(linspace(0, T-1, steps+1))`` reversed, without the final 0 (the PixArt reference); each
+              point ``i (T-1) / steps`` computed as numpy computes it, so the halves (499.5) round alike.
     leading:  multiples of ``T // (steps+1)`` reversed, without 0, plus ``steps_offset``.
     trailing: ``round(T - i T / steps) - 1``: starts at T-1 (zero-terminal-SNR models; ComfyUI's "simple").
     More than ``max_spaced_steps`` steps is a ScheduleError (diffusers would repeat a timestep: a zero-length step).
@@ -141,9 +146,9 @@ def spaced_timesteps(steps: int, spacing: str, train_steps: int = 1000, steps_of
     source = f"{spacing} spacing of {steps} steps over {train_steps} training timesteps"
     if steps > limit:
         raise ScheduleError(f"{source}: repeats a timestep; at most {limit} steps are distinct")
-    if spacing == "linspace":
-        points = torch.linspace(0, train_steps - 1, steps + 1, dtype=torch.float64).round()
-        timesteps = [int(v) for v in points.flip(0)[:-1]]
+    if spacing == "linspace":  # i (T-1)/steps in float64, rounded half to even, as numpy's linspace().round()
+        step = (train_steps - 1) / steps
+        timesteps = [train_steps - 1] + [round(i * step) for i in range(steps - 1, 0, -1)]
     elif spacing == "leading":
         ratio = train_steps // (steps + 1)
         timesteps = [i * ratio + steps_offset for i in range(steps, 0, -1)]
