@@ -67,3 +67,8 @@ def listing(items, count: int = 5, limit: int = 60) -> str:
     items = list(items)
     shown = repr([short(item, limit) if isinstance(item, str) else item for item in items[:count]])
     return shown + (f" and {len(items) - count} more" if len(items) > count else "")
+
+
+class ScheduleError(PixArtError):
+    """A noise schedule or timestep list that cannot be sampled (non-finite, unordered or repeated noise levels, or
+    more steps than the schedule has distinct timesteps); the message names the setting and the limit."""

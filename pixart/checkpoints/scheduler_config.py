@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, short
-from ..io import json_field, read_json
+from ..io import entry_kind, json_field, read_json
 from ..sampling.schedules import PREDICTIONS, NoiseSchedule
 
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
@@ -66,8 +66,10 @@ def read_noise_schedule(path: Path) -> NoiseSchedule:
 
 def pipeline_noise_schedule(path: str | Path) -> NoiseSchedule | None:
     """The noise schedule of a diffusers pipeline folder (``transformer/`` beside ``scheduler/scheduler_config.json``);
-    None for a single file, a transformer folder alone, or a pipeline folder without a scheduler config."""
+    None for a single file, a transformer folder alone, or a pipeline folder without a scheduler config. A scheduler
+    config that is there but is not a regular file (a folder, a FIFO, a dangling link) is a CheckpointError naming
+    it: taking it as absent would sample a v-prediction or zero-SNR model as epsilon."""
     path = Path(path)
-    if not (path / "transformer" / "config.json").is_file() or not (path / SCHEDULER_CONFIG).is_file():
+    if not (path / "transformer" / "config.json").is_file() or entry_kind(path / SCHEDULER_CONFIG) == "missing":
         return None
     return read_noise_schedule(path / SCHEDULER_CONFIG)
