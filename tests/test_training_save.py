@@ -156,3 +156,13 @@ def test_kv_compression_weights_have_no_diffusers_slot(tmp_path):
     with pytest.raises(TrainingError, match=r"transformer: cannot be written as a diffusers folder.*attn\.sr"):
         save_full_diffusers(conv, tmp_path / "transformer")
     assert not (tmp_path / "transformer" / "config.json").exists()
+
+
+def test_lora_file_in_bf16_keeps_alpha_in_fp32(tmp_path):
+    config, _, model, base, lora, inputs = _trained_lora("attention")
+    tensors = load_file(str(save_lora_file(lora, tmp_path / "half.safetensors", dtype=torch.bfloat16)))
+    assert {v.dtype for k, v in tensors.items() if not k.endswith(".alpha")} == {torch.bfloat16}
+    assert {v.dtype for k, v in tensors.items() if k.endswith(".alpha")} == {torch.float32}
+    assert tensors["diffusion_model.blocks.0.attn.qkv.alpha"].item() == 2.0 * 12  # alpha / r = 8 / 4, rank 3 x 4
+    merged = merge_lora(base, load_lora(tmp_path / "half.safetensors"))
+    assert rel(_predict(_model_from(config, merged), inputs), _predict(model, inputs)) <= 1e-2

@@ -90,8 +90,8 @@ class LoraLayer(nn.Module):
         return pieces[0] if self.chunks == 1 else torch.cat(pieces, dim=-1)
 
     def fused(self) -> tuple[Tensor, Tensor]:
-        """The pairs as one LoRA of the whole weight: down (k r, in) stacked, up (out, k r) block-diagonal, with
-        the scale folded into nothing (the caller stores alpha = scale * k r)."""
+        """The pairs as one LoRA of the whole weight: down (k r, in) the A stacked, up (out, k r) the B placed
+        block-diagonally at their rows; scaled by alpha / r like the pairs (so a file stores alpha = scale * k r)."""
         down = torch.cat([d.detach() for d in self.down], dim=0)
         rank = self.down[0].shape[0]
         rows = self.up[0].shape[0]

@@ -57,9 +57,15 @@ def _refuse_existing(paths: list[Path]) -> None:
             raise OutputExistsError(f"{path}: already exists; choose another name (training never overwrites)")
 
 
-def _safetensors(tensors: Mapping[str, Tensor], dtype: torch.dtype | None, metadata: dict | None = None) -> bytes:
-    cast = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in tensors.items()}
-    return save({k: v.detach().cpu().contiguous() for k, v in cast.items()}, metadata=metadata)
+def _safetensors(tensors: Mapping[str, Tensor], dtype: torch.dtype | None, suffix_kept: str | None = None) -> bytes:
+    """safetensors bytes of ``tensors``, floating ones cast to ``dtype`` (when given) except names ending in
+    ``suffix_kept``."""
+
+    def cast(key: str, value: Tensor) -> Tensor:
+        keep = dtype is None or not value.is_floating_point() or (suffix_kept and key.endswith(suffix_kept))
+        return value if keep else value.to(dtype)
+
+    return save({k: cast(k, v).detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
 
 
 def lora_file_tensors(lora: LoraAdapter) -> dict[str, Tensor]:
@@ -76,10 +82,7 @@ def lora_file_tensors(lora: LoraAdapter) -> dict[str, Tensor]:
 def save_lora_file(lora: LoraAdapter, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write the LoRA as one safetensors file that ``pixart.lora`` and ComfyUI's LoraLoaderModelOnly load."""
     path = Path(path)
-    tensors = lora_file_tensors(lora)
-    alphas = {k for k in tensors if k.endswith(".alpha")}
-    data = {k: (v if k in alphas else v.to(dtype) if dtype is not None else v) for k, v in tensors.items()}
-    _write_new(path, _safetensors(data, None, {"format": "pt"}))
+    _write_new(path, _safetensors(lora_file_tensors(lora), dtype, suffix_kept=".alpha"))  # alphas stay fp32
     return path
 
 
@@ -116,7 +119,7 @@ def save_peft_folder(lora: LoraAdapter, folder: str | Path, dtype: torch.dtype |
     for name, down, up in lora.pairs():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = down
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = up
-    _write_new(weights, _safetensors(tensors, dtype, {"format": "pt"}))
+    _write_new(weights, _safetensors(tensors, dtype))
     _write_new(config, json.dumps(peft_config(lora), indent=2).encode())
     return folder
 
@@ -140,7 +143,7 @@ def save_full_official(
     if clash:
         raise TrainingError(f"save_full_official extras: {clash} are already model weights")
     tensors.update(extras or {})
-    _write_new(Path(path), _safetensors(tensors, dtype, {"format": "pt"}))
+    _write_new(Path(path), _safetensors(tensors, dtype))
     return Path(path)
 
 
@@ -154,6 +157,6 @@ def save_full_diffusers(model: nn.Module, folder: str | Path, dtype: torch.dtype
     except KeyError as e:
         raise TrainingError(f"{folder}: cannot be written as a diffusers folder: {e.args[0]}") from e
     config = {"_class_name": TRANSFORMER_CLASS, **diffusers_config(model.config)}
-    _write_new(weights_path, _safetensors(tensors, dtype, {"format": "pt"}))
+    _write_new(weights_path, _safetensors(tensors, dtype))
     _write_new(config_path, json.dumps(config, indent=2).encode())
     return folder
