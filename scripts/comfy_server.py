@@ -195,8 +195,14 @@ def rejection_lines(answer: dict, count: int = 20, width: int = 240) -> list[str
     error = answer.get("error")
     if not lines:
         lines.append(f"{error.get('message')}: {error.get('details')}" if isinstance(error, dict) else str(answer))
-    cut = [line if len(line) <= width else line[: width - 4] + " ..." for line in lines[:count]]
+    cut = [crop(line, width) for line in lines[:count]]
     return cut + ([f"... and {len(lines) - count} more"] if len(lines) > count else [])
+
+
+def crop(text: object, width: int = 80) -> str:
+    """``text`` as one line of at most ``width`` characters (the end replaced by `` ...``)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 4] + " ..."
 
 
 def die_with_parent():
