@@ -128,15 +128,15 @@ def probe(python: str, requirements: list[str], env: dict[str, str] | None = Non
 
 def candidates(comfy: Path) -> list[tuple[str, str, dict[str, str]]]:
     """(python, where it came from, extra environment) in the order tried when none is given: a venv in or beside the
-    checkout, the Windows portable build's, the test venv of scripts/comfy_env.py, then this interpreter."""
+    checkout, the Windows portable build's, the pack's ComfyUI venv (scripts/comfy_env.py), then this interpreter."""
     found = []
     for folder in ("venv", ".venv", "../venv", "../.venv", "../python_embeded"):
         for exe in ("bin/python", "Scripts/python.exe", "python.exe"):
             if (comfy / folder / exe).is_file():
                 found.append((os.path.normpath(comfy / folder / exe), f"{folder}/ of the checkout", {}))
-    test_venv = comfy_env.ready_python()
-    if test_venv is not None:
-        found.append((test_venv, "the test venv of scripts/comfy_env.py", comfy_env.tree_env(comfy)))
+    comfy_venv = comfy_env.ready_python()
+    if comfy_venv is not None:
+        found.append((comfy_venv, "the pack's ComfyUI venv, scripts/comfy_env.py", comfy_env.tree_env(comfy)))
     found.append((sys.executable, "the interpreter running this script", {}))
     return found
 

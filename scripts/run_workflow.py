@@ -98,6 +98,8 @@ def shrink_for_tiny(prompt: dict) -> list[str]:
         if resolution and int(base) > TINY_SIDE:
             changes["base"] = str(TINY_SIDE)
         width, height = inputs.get("width"), inputs.get("height")
+        if resolution and not str(inputs.get("aspect_ratio")).startswith("custom"):
+            width = height = None  # the node ignores them: its size comes from base and aspect_ratio
         if isinstance(width, int) and isinstance(height, int) and max(width, height) > TINY_SIDE:
             scale = TINY_SIDE / max(width, height)
             for key, side in (("width", width), ("height", height)):
