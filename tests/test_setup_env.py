@@ -13,14 +13,17 @@ from scripts import comfy_env, run_tests
 from scripts.comfy_tree import REPO
 
 
+def fake_venv(venv) -> None:
+    comfy_env.venv_python(venv).parent.mkdir(parents=True, exist_ok=True)
+    comfy_env.venv_python(venv).touch()
+
+
 @pytest.fixture
 def pip_calls(monkeypatch) -> list[tuple[str, ...]]:
-    """Record pip calls instead of making them; new venvs are not created."""
+    """Record pip calls instead of making them; a new venv is an empty file where its python goes."""
     calls = []
     monkeypatch.setattr(comfy_env, "_pip", lambda python, *args, isolated=False: calls.append(args))
-    monkeypatch.setattr(
-        comfy_env, "_new_venv", lambda venv: comfy_env.venv_python(venv).parent.mkdir(parents=True, exist_ok=True)
-    )
+    monkeypatch.setattr(comfy_env, "_new_venv", fake_venv)
     return calls
 
 
