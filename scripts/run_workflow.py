@@ -230,6 +230,13 @@ def _stop(signum, frame) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
+def exit_code(e: BaseException) -> int:
+    """128 + the signal's number for a run stopped by a signal (Ctrl-C: 130), else 1."""
+    if isinstance(e, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return 128 + signal.Signals[str(e)].value if isinstance(e, Stopped) else 1
+
+
 def run(args: argparse.Namespace, comfy: Path, interpreter: Interpreter, prompt: dict) -> int:
     """Start ComfyUI, run ``prompt``, write its images; 0 on success, 1 when ComfyUI refused or failed it."""
     cpu = args.cpu or not interpreter.gpu
@@ -267,7 +274,7 @@ def run(args: argparse.Namespace, comfy: Path, interpreter: Interpreter, prompt:
         why = explain_rejection(args, prompt, e, models) if isinstance(e, PromptRejected) else str(e)
         log.error("%s failed: %s\n%s", args.workflow, type(e).__name__, why)
         log.error("ComfyUI's log: %s", kept or "(ComfyUI did not start)")
-        return 128 + signal.Signals[str(e)].value if isinstance(e, Stopped) else 1
+        return exit_code(e)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -285,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         log.error("%s", e)
         return 2
-    except Stopped as e:
-        log.error("stopped by %s before ComfyUI started", e)
-        return 128 + signal.Signals[str(e)].value
+    except (Stopped, KeyboardInterrupt) as e:
+        log.error("stopped (%s) before ComfyUI started", type(e).__name__)
+        return exit_code(e)
     log.info("ComfyUI %s at %s", comfy_version(comfy), comfy)
     log.info("interpreter: %s", interpreter.describe())
     if args.tiny and not args.keep_size:
