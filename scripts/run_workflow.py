@@ -110,6 +110,7 @@ def shrink_for_tiny(prompt: dict) -> list[str]:
             for key in ("start_at_step", "end_at_step"):
                 if isinstance(inputs.get(key), int) and inputs[key] <= steps:
                     changes[key] = round(inputs[key] * TINY_STEPS / steps)
+        changes = {key: value for key, value in changes.items() if value != inputs[key]}
         if changes:
             notes.append(
                 f"node {node_id} {node['class_type']}: "
