@@ -100,9 +100,9 @@ class CacheRun:
         c_ar: Tensor | None,
         transformer_options: dict,
     ) -> Tensor:
-        """One model call. ``run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=...,
-        attention_reuse=...)`` is the DiT forward -> (B, C_in, H, W) epsilon; ``depth``: its number of blocks; the
-        other arguments are the call's (batch B = chunks of ``transformer_options["cond_or_uncond"]``)."""
+        """One model call. ``run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=...)`` is the DiT
+        forward -> (B, C_in, H, W) epsilon; ``depth``: its number of blocks; the other arguments are the call's
+        (batch B = chunks of ``transformer_options["cond_or_uncond"]``)."""
         self.calls += 1
         args = (x, timesteps, context, caption_mask, c_size, c_ar)
         sigma = float(transformer_options["sigmas"].flatten()[0])

@@ -84,9 +84,9 @@ class ComfyPixArtTransformer(PixArtTransformer):
         hook = comfy_block_hook(self.blocks, dict(transformer_options))
         forward = super().forward
 
-        def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=(), attention_reuse=None):
+        def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=()):
             hooks = [*block_hooks, hook]  # a step cache's hooks outside ComfyUI's
-            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks, attention_reuse)
+            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks)
             return out[:, : cfg.in_channels]
 
         cache_run = transformer_options.get(CACHE_RUN)  # PixArt Sigma Cache, during a sampling run
