@@ -22,6 +22,7 @@ from .embeddings import (
     default_operations,
     sincos_2d,
 )
+from .errors import SettingError
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
@@ -243,17 +244,18 @@ class PixArtTransformer(nn.Module):
         self.set_kv_compress(kv_compress)
 
     def set_kv_compress(self, kv_compress: KVCompress | None) -> None:
-        """Switch KV compression (or turn it off with None) without reloading weights."""
+        """Switch KV compression (or turn it off with None) without reloading weights; the one place a
+        ``KVCompress`` is checked against this model (its depth, and for "conv" its trained layers and factor)."""
         layers = kv_compress.layer_set(self.config.depth) if kv_compress is not None else frozenset()
         if kv_compress is not None and kv_compress.mode == "conv":
             trained = set(self.config.conv_kv_layers)
             if not trained:
-                raise ValueError(
+                raise SettingError(
                     "KV compression mode 'conv' needs a checkpoint with trained KV-compression weights "
                     "(blocks.N.attn.sr / attn.norm); this one has none. Use 'avgpool', 'uniform' or 'ave'."
                 )
             if not layers <= trained or kv_compress.factor != self.config.conv_kv_factor:
-                raise ValueError(
+                raise SettingError(
                     f"KV compression mode 'conv': the checkpoint trained factor {self.config.conv_kv_factor} on "
                     f"layers {sorted(trained)}; asked for factor {kv_compress.factor} on layers {sorted(layers)}"
                 )
