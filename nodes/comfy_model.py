@@ -20,6 +20,7 @@ import torch
 
 from ..pixart import CheckpointError, KVCompress, PixArtTransformer, read_checkpoint
 from ..pixart.attention import sdpa_attention
+from ..pixart.sampling import NoiseSchedule
 from ..pixart.text_encoder import check_caption_width
 from .comfy_blocks import comfy_block_hook
 from .comfy_cache import CACHE_RUN
@@ -100,7 +101,12 @@ class PixArtSigmaConfig(comfy.supported_models_base.BASE):
 
     unet_config: dict = {}
     unet_extra_config: dict = {}
-    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 0.0001, "linear_end": 0.02, "timesteps": 1000}
+    sampling_settings = {
+        "beta_schedule": "sqrt_linear",
+        "linear_start": NoiseSchedule.beta_start,
+        "linear_end": NoiseSchedule.beta_end,
+        "timesteps": NoiseSchedule.train_steps,
+    }
     latent_format = comfy.latent_formats.SDXL
     memory_usage_factor = 0.5
     supported_inference_dtypes = SUPPORTED_DTYPES

@@ -10,10 +10,11 @@ Setting names and meanings follow the ``tgate`` package (``pipe.tgate(gate_step=
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+import torch
 from torch import Tensor
 
 from ..block_hooks import BlockFn, BlockInputs, TokenRows
@@ -141,3 +142,13 @@ def _mean_of_halves(output: Tensor) -> Tensor:
         )
     negative, positive = output.chunk(2)
     return (negative + positive) / 2
+
+
+def negative_rows_only(
+    run: Callable[..., Tensor], args: Sequence[Tensor | None], negative: slice, copies: int
+) -> Tensor:
+    """T-GATE's steps after its gate, which do not guide: ``run`` on the negative rows of a guided batch's arguments
+    only (None stays None), its (B, ...) output repeated ``copies`` times along the batch (one per guidance half the
+    caller batched), so that guidance of the copies gives the negative prediction."""
+    out = run(*(None if a is None else a[negative] for a in args))
+    return torch.cat([out] * copies)
