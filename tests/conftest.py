@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import cache
 
 import pytest
@@ -49,3 +50,41 @@ def build_tiny(micro: bool = False, seed: int = 0, kv=None, shared: bool = False
 def tiny_models():
     """``build_tiny``: tiny reference and our transformer with its weights."""
     return build_tiny
+
+
+# T5: the tokenizer and encoder of the text-encoder tests (transformers is imported only when they run).
+
+
+@pytest.fixture()
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading must never reach for the network (no downloads, no hub lookups)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def tok_dirs(tmp_path_factory: pytest.TempPathFactory):
+    """(spm-only folder, tokenizer.json folder) of a tokenizer trained here (t5_fixtures)."""
+    import t5_fixtures
+
+    return t5_fixtures.write_tokenizer_dirs(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tok_dirs):
+    """transformers' T5TokenizerFast of ``tok_dirs``."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(tok_dirs[1]), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def t5_model(tokenizer):
+    """A tiny random transformers T5EncoderModel for ``tokenizer``."""
+    import t5_fixtures
+
+    return t5_fixtures.tiny_t5(t5_fixtures.tiny_config(len(tokenizer)))
