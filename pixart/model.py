@@ -156,9 +156,13 @@ class PixArtBlock(nn.Module):
         def update(r: TokenRows) -> Tensor:
             i, s = r.index, r.samples
             sa = attend("self", r, lambda: self.attn.proj(heads()[i]))
+            if r is rows[-1]:
+                heads.cache_clear()  # every piece has its self-attention output: the heads can go
             h = residual(x[i], sa, m.gate_msa[s], out=None if stream is None else stream()[i])
+            del sa  # (B, N, C) when whole: gone before the MLP's hidden layer exists
             ca = attend("cross", r, lambda: self.cross_attn.attend(h, *(kv[s] for kv in keys_values()), _rows(bias, s)))
             h = residual(h, ca)
+            del ca
             return residual(h, self.mlp(t2i_modulate(layer_norm(h), m.shift_mlp[s], m.scale_mlp[s])), m.gate_mlp[s])
 
         for r in rows:
