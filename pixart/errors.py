@@ -62,6 +62,10 @@ class LoraError(PixArtError):
     """A LoRA file that cannot be read, or whose weights do not fit the model; the message names the file."""
 
 
+class SettingError(PixArtError):
+    """A setting (an argument, a node input) that cannot be used, or does not fit the model; the message names it."""
+
+
 def listing(items, count: int = 5, limit: int = 60) -> str:
     """``['a', 'b']`` of the first ``count`` items, each shortened, and how many more there are."""
     items = list(items)

@@ -55,7 +55,7 @@ def read_noise_schedule(path: Path) -> NoiseSchedule:
         "beta_start": json_field(config, "beta_start", float, source, CheckpointError, limits=(0.0, 1.0)),
         "beta_end": json_field(config, "beta_end", float, source, CheckpointError, limits=(0.0, 1.0)),
         "train_steps": json_field(
-            config, "num_train_timesteps", int, source, CheckpointError, 1000, (2, MAX_TRAIN_STEPS)
+            config, "num_train_timesteps", int, source, CheckpointError, NoiseSchedule.train_steps, (2, MAX_TRAIN_STEPS)
         ),
     }
     try:

@@ -10,17 +10,20 @@ from .schedules import (
     spaced_timesteps,
     validate_schedule,
 )
-from .solvers import predict_x0, sample_dpmpp_2m, sample_lcm, sample_one_step
+from .solvers import guidance, lcm_steps, one_step, predict_x0, sample_dpmpp_2m, sample_lcm, sample_one_step
 
 __all__ = [
     "RECIPES",
     "NoiseSchedule",
     "Recipe",
     "dpm_solver_schedule",
+    "guidance",
     "lcm_boundary",
+    "lcm_steps",
     "lcm_timesteps",
     "max_spaced_steps",
     "model_recipe",
+    "one_step",
     "pixart_denoiser",
     "predict_x0",
     "sample",

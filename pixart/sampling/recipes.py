@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import ScheduleError
 from .schedules import NoiseSchedule, lcm_timesteps, spaced_timesteps, validate_schedule
-from .solvers import Denoiser, sample_dpmpp_2m, sample_lcm, sample_one_step
+from .solvers import Denoiser, guidance, sample_dpmpp_2m, sample_lcm, sample_one_step
 
 SOLVERS = ("one_step", "lcm", "dpmpp_2m")
 
@@ -161,7 +161,7 @@ def pixart_denoiser(
         if not guided:
             return cond
         uncond = model(x, t, negative, negative_mask)[:, :channels]
-        return uncond + cfg * (cond - uncond)
+        return guidance(uncond, cond, cfg)
 
     return denoise
 
