@@ -7,7 +7,6 @@ Ground truth: a LoRA injected with PEFT into diffusers' PixArtTransformer2DModel
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -361,20 +360,21 @@ def test_node_lists_files_and_peft_folders(files, monkeypatch):
 
 
 def test_node_patches_use_row_offsets_into_fused_weights(files, monkeypatch):
-    """The patch dict ComfyUI's ``add_patches`` gets: keys under ``diffusion_model.``, ``(key, (0, start, rows))``
-    for q/k/v and k/v, and ``LoRAAdapter`` weights ``(up, down, alpha, None, None, None)`` with alpha / r = scale."""
-    import types
+    """What the node hands ComfyUI's ``comfy.lora.load_lora``: keys under ``diffusion_model.``,
+    ``(key, (0, start, rows))`` for q/k/v and k/v, and LoRA parts ``lora_up.weight`` / ``lora_down.weight`` /
+    ``alpha`` with alpha / r = scale (ComfyUI divides alpha by the rank)."""
+    comfy_lora = _lora_node_module(monkeypatch).comfy_lora
+    tensors, key_map = comfy_lora(load_lora(files["peft-folder"]))
+    assert len(key_map) == 27 and len(tensors) == 3 * 27
+    names = {key: name for name, key in key_map.items()}
 
-    comfy_patches = _lora_node_module(monkeypatch).comfy_patches
-    fake = types.ModuleType("comfy.weight_adapter")
-    fake.LoRAAdapter = lambda loaded_keys, weights: weights
-    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
-    monkeypatch.setitem(sys.modules, "comfy.weight_adapter", fake)
-    patches = comfy_patches(load_lora(files["peft-folder"]))
-    assert len(patches) == 27
-    up, down, alpha, *rest = patches[("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96))]
-    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0 and rest == [None, None, None]
+    def parts(key):
+        name = names[key]
+        return tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"], float(tensors[f"{name}.alpha"])
+
+    up, down, alpha = parts(("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96)))
+    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0
     kv = "diffusion_model.blocks.0.cross_attn.kv_linear.weight"
-    assert patches[(kv, (0, 0, 96))][2] == 2.0 and patches[(kv, (0, 96, 96))][2] == 8.0  # k: alpha_pattern 2
-    assert patches["diffusion_model.blocks.0.mlp.fc2.weight"][2] == 8.0  # rank 2, scale 4
-    assert patches["diffusion_model.x_embedder.proj.weight"][1].shape == (4, 16)  # conv kernel flattened
+    assert parts((kv, (0, 0, 96)))[2] == 2.0 and parts((kv, (0, 96, 96)))[2] == 8.0  # k: alpha_pattern 2
+    assert parts("diffusion_model.blocks.0.mlp.fc2.weight")[2] == 8.0  # rank 2, scale 4
+    assert parts("diffusion_model.x_embedder.proj.weight")[1].shape == (4, 16)  # conv kernel flattened
