@@ -258,7 +258,8 @@ def synthetic_file(official: dict, kind: str, naming: str, seed: int = 0) -> dic
 def formula_update(kind: str, weight: torch.Tensor, parts: dict, strength: float) -> torch.Tensor:
     """The weight rows ``weight`` (rows, ...) after an update of ``kind`` at ``strength``, from the formulas (fp32):
     LoHa ``(w1a w1b) * (w2a w2b) alpha / r``; LoKr ``kron(w1, w2_a w2_b) alpha / r2``; DoRA (per input)
-    ``(W + dW) m / ||W + dW||_col``; OFT ``R^T W`` per block with ``R = (I + Q)(I - Q)^-1``, ``Q = B - B^T``."""
+    ``(W + dW) m / ||W + dW||_col``; OFT ``W + strength^2 (R^T - I) W`` per block (ComfyUI's strength), with
+    ``R = (I + Q)(I - Q)^-1``, ``Q = B - B^T``."""
     w = weight.float().reshape(weight.shape[0], -1)
     p = {k: v.float() for k, v in parts.items()}
     if kind == "loha":
@@ -276,7 +277,8 @@ def formula_update(kind: str, weight: torch.Tensor, parts: dict, strength: float
         q = blocks - blocks.transpose(1, 2)
         rotation = (eye + q) @ torch.linalg.inv(eye - q)
         blocked = w.reshape(blocks.shape[0], blocks.shape[1], -1)
-        delta = (torch.einsum("knm,knw->kmw", rotation, blocked) - blocked).reshape(w.shape)
+        # ComfyUI scales the rotation's difference by the strength twice (comfy/weight_adapter/oft.py, both trees)
+        delta = strength * (torch.einsum("knm,knw->kmw", rotation, blocked) - blocked).reshape(w.shape)
     else:
         raise ValueError(kind)
     return (w + strength * delta).reshape(weight.shape)
