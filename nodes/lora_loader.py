@@ -85,11 +85,8 @@ def file_stamp(path: Path) -> tuple:
     """What changes when the LoRA's content does: (path, then size, device, inode, mtime and ctime in ns of the
     file, or of a PEFT folder's config and weights files). A file replaced keeping its modification time (``cp -p``,
     rsync -a, tar, unzip) still gets a new ctime or inode. LoraError naming the file when one cannot be read."""
-    files = (
-        [path / PEFT_CONFIG, *(path / n for n in PEFT_WEIGHTS if os.path.lexists(path / n))]
-        if path.is_dir()
-        else [path]
-    )
+    listed = [path / PEFT_CONFIG, *(path / name for name in PEFT_WEIGHTS)] if path.is_dir() else [path]
+    files = [file for file in listed if os.path.lexists(file)]  # a folder lacking them: read_lora says what it needs
     stamp: list = [str(path)]
     for file in files:
         try:
