@@ -57,9 +57,10 @@ class PeftSettings:
         peft_type = config.get("peft_type") or "LORA"
         peft_type = getattr(peft_type, "value", peft_type)  # a str or PEFT's PeftType enum
         if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
-            raise LoraError(f"{source}: PEFT type {short(repr(peft_type), 40)} is not supported, only plain LoRA")
-        if json_field(config, "use_dora", bool, source, LoraError, False):
-            raise LoraError(f"{source}: DoRA adapters (use_dora=true) are not supported, only plain LoRA")
+            raise LoraError(
+                f"{source}: PEFT type {short(repr(peft_type), 40)} is not supported, only LoRA (with DoRA or biases)"
+            )
+        json_field(config, "use_dora", bool, source, LoraError, False)  # DoRA: the weights carry the magnitudes
         if "lora_alpha" not in config and "r" not in config:
             raise LoraError(f"{source}: neither 'r' nor 'lora_alpha' is set; is this a PEFT LoRA config?")
         return cls(
