@@ -239,11 +239,11 @@ def test_lora_matching_nothing(tmp_path):
 def test_keys_that_match_nothing_are_listed(peft_model, tmp_path):
     state = {f"transformer.{k}": v for k, v in lora_state(peft_model).items()}
     state["text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"] = torch.zeros(4, 8)
-    state["transformer.transformer_blocks.0.attn1.to_q.lora_magnitude_vector"] = torch.zeros(96)
+    state["transformer.transformer_blocks.0.attn1.to_q.lora_mid.weight"] = torch.zeros(4, 4, 1, 1)
     msg = _err(_save(tmp_path / "mixed.safetensors", state))
     assert "2 LoRA key problem(s)" in msg and "mixed.safetensors" in msg
     assert "text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight" in msg
-    assert "DoRA is not supported" in msg
+    assert "LoCon/Tucker mid weights (convolutions) are not supported" in msg
 
 
 def test_missing_half_and_rank_mismatch(tmp_path):
@@ -300,7 +300,7 @@ def test_peft_config_rank_disagrees_with_weights(peft_model, tmp_path):
 
 @pytest.mark.parametrize(
     "change,message",
-    [({"use_dora": True}, "DoRA adapters"), ({"peft_type": "LOHA"}, "PEFT type 'LOHA' is not supported")],
+    [({"use_dora": "yes"}, "use_dora"), ({"peft_type": "LOHA"}, "PEFT type 'LOHA' is not supported")],
 )
 def test_unsupported_peft_configs(change, message, peft_model, tmp_path):
     folder = write_peft_folder(peft_model, tmp_path / "adapter")

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixart import VARIANTS
+from pixart.memory import sampling_memory
 from pixart.model import CPU_TOKEN_CHUNK
 from scripts.comfy_server import error_message
 
@@ -197,7 +198,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(comfyui, host):
 
     def sampling_need(batch: int) -> int:
         shape = (batch, 4, side // 8, side // 8)
-        return memory.sampling_memory(config, shape, 4.5, 2, None, CPU_TOKEN_CHUNK).total
+        return sampling_memory(config, shape, 4.5, 2, None, CPU_TOKEN_CHUNK).total
 
     sampler_batch = next(b for b in range(1, 4097) if sampling_need(b) > 2 * free)
     if memory.image_bytes(sampler_batch, side, side) > free / 2:

@@ -1,5 +1,5 @@
 """PixArt Sigma LoRA Loader's helpers in the session's ComfyUI (marker ``comfy``): the names it lists (files and PEFT
-adapter folders) and finds, and the patches it hands ComfyUI's ``add_patches`` (real ``LoRAAdapter`` objects).
+adapter folders) and finds, and the LoRA it hands ComfyUI's ``comfy.lora.load_lora``.
 
 The LoRA files are written by hand (tests/lora_fixtures.py, no PEFT needed): random rank-4 LoRAs (alpha 8, so scale 2)
 of every module of a tiny DiT, ``ff.net.2`` at rank 2 (scale 4) and ``attn2.to_k`` with alpha 2 (scale 0.5), as a
@@ -71,17 +71,21 @@ def test_node_lists_files_and_peft_folders(comfyui, files):
 
 
 def test_node_patches_use_row_offsets_into_fused_weights(comfyui, files):
-    """The patch dict ComfyUI's ``add_patches`` gets: keys under ``diffusion_model.``, ``(key, (0, start, rows))``
-    for q/k/v and k/v, and ``LoRAAdapter`` weights ``(up, down, alpha, None, None, None)`` with alpha / r = scale."""
-    from comfy.weight_adapter import LoRAAdapter
-
+    """What the node hands ComfyUI's ``comfy.lora.load_lora``: keys under ``diffusion_model.``,
+    ``(key, (0, start, rows))`` for q/k/v and k/v, and LoRA parts ``lora_up.weight`` / ``lora_down.weight`` /
+    ``alpha`` with alpha / r = scale (ComfyUI divides alpha by the rank)."""
     node = comfyui.module("nodes.lora_loader")
-    patches = node.comfy_patches(comfyui.module("pixart.lora").load_lora(files["peft-folder"]))
-    assert len(patches) == 27 and all(isinstance(p, LoRAAdapter) for p in patches.values())
-    weights = {key: patch.weights for key, patch in patches.items()}
-    up, down, alpha, *rest = weights[("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96))]
-    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0 and rest == [None, None, None]
+    tensors, key_map = node.comfy_lora(comfyui.module("pixart.lora").load_lora(files["peft-folder"]))
+    assert len(key_map) == 27 and len(tensors) == 3 * 27
+    names = {key: name for name, key in key_map.items()}
+
+    def parts(key):
+        name = names[key]
+        return tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"], float(tensors[f"{name}.alpha"])
+
+    up, down, alpha = parts(("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96)))
+    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0
     kv = "diffusion_model.blocks.0.cross_attn.kv_linear.weight"
-    assert weights[(kv, (0, 0, 96))][2] == 2.0 and weights[(kv, (0, 96, 96))][2] == 8.0  # k: alpha_pattern 2
-    assert weights["diffusion_model.blocks.0.mlp.fc2.weight"][2] == 8.0  # rank 2, scale 4
-    assert weights["diffusion_model.x_embedder.proj.weight"][1].shape == (4, 16)  # conv kernel flattened
+    assert parts((kv, (0, 0, 96)))[2] == 2.0 and parts((kv, (0, 96, 96)))[2] == 8.0  # k: alpha_pattern 2
+    assert parts("diffusion_model.blocks.0.mlp.fc2.weight")[2] == 8.0  # rank 2, scale 4
+    assert parts("diffusion_model.x_embedder.proj.weight")[1].shape == (4, 16)  # conv kernel flattened

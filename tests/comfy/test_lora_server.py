@@ -3,7 +3,8 @@ VAE decode, headless, on tiny random weights (scripts/tiny_weights.py).
 
 The LoRA's effect is checked against the same workflow run on a DiT file with the LoRA merged in by
 ``pixart.lora.merge_lora`` (itself checked against PEFT in tests/test_lora.py): same latent up to fp32 rounding.
-All on the session's one server (tests/comfy/conftest.py), whose models folder gets the LoRA files first.
+All on the session's one server (tests/comfy/conftest.py), whose models folder gets the LoRA files first. Files
+trained by the tree's own TrainLoraNode and synthetic LyCORIS / DoRA / PEFT files: tests/comfy/test_lora_adapters.py.
 """
 
 from __future__ import annotations

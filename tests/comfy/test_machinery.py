@@ -10,53 +10,10 @@ import logging
 from functools import partial
 
 import pytest
+from model_setup import CFG, STEPS, Setup
 from node_calls import assert_close, node_result
 
 pytestmark = pytest.mark.comfy
-STEPS = 4
-CFG = 4.5
-
-
-class Setup:
-    """A 2-block tiny PixArt-Sigma file, our MODEL of it, conditioning and noise."""
-
-    def __init__(self, comfyui, work):
-        import torch
-        from safetensors.torch import save_file
-
-        from scripts import tiny_weights
-
-        self.torch = torch
-        self.comfyui = comfyui
-        self.comfy_model = comfyui.module("nodes.comfy_model")
-        self.path = work / "tiny_sigma.safetensors"
-        save_file(tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3), str(self.path))
-        g = torch.Generator().manual_seed(11)
-        self.pos = torch.randn(1, 9, 4096, generator=g)
-        self.neg = torch.randn(1, 4, 4096, generator=g)
-        self.noise = torch.randn(1, 4, 32, 32, generator=g)
-
-    def model(self, kv=None):
-        return self.comfy_model.load_model(self.path, "auto", self.torch.float32, kv)
-
-    def conds(self):
-        ones = self.torch.ones
-        return [[self.pos, {"attention_mask": ones(1, 9)}]], [[self.neg, {"attention_mask": ones(1, 4)}]]
-
-    def sample(self, model, steps=STEPS, sampler="euler", scheduler="normal", cfg=CFG):
-        import comfy.sample
-
-        positive, negative = self.conds()
-        latent = self.torch.zeros_like(self.noise)
-        return comfy.sample.sample(
-            model, self.noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0, disable_pbar=True
-        )
-
-    def reference(self, kv=None, token_chunk=None):
-        """Our ``pixart`` model of the same file, outside ComfyUI."""
-        import pixart
-
-        return pixart.load_dit(self.path, "auto", self.torch.float32, kv, token_chunk=token_chunk)
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +60,15 @@ def test_skip_layer_guidance(s: Setup) -> None:
     without block 0) computed with ``pixart``; with no layers it is the plain run."""
     import comfy_extras.nodes_slg as slg
 
+    import pixart
+
     torch = s.torch
-    kv = ("avgpool", 2, None)
-    model = s.model(kv)
+    model = s.model(pixart.KVCompress("avgpool", 2))
     model.model.diffusion_model.token_chunk = 100
     guided = node_result(
         slg.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, double_layers="0", single_layers="", rescaling_scale=0)
     )
     got = s.sample(guided, steps=1)  # one Euler step from sigma_max: the result is the guided denoised latent
-
-    import pixart
-
     ref = s.reference(pixart.KVCompress("avgpool", 2, None))
     sampling = model.get_model_object("model_sampling")
     sigma = sampling.sigma_max
@@ -265,7 +220,7 @@ def test_attention_backends(s: Setup) -> None:
             assert_close(got, sdpa_attention(q, k, v, b), f"attention_{name}, mask {b is not None}")
     kv = pixart.KVCompress("avgpool", 2, None)
     ref = s.reference(kv)
-    dit = s.model(("avgpool", 2, None)).model.diffusion_model
+    dit = s.model(kv).model.diffusion_model
     captions = torch.cat([torch.cat([s.pos, torch.zeros(1, 291, 4096)], 1)] * 2)
     masks = (torch.arange(300)[None] < torch.tensor([[9], [4]])).float()
     x, t = torch.cat([s.noise, -s.noise]), torch.tensor([500.0, 300.0])
