@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from .cache import PixArtSigmaCache
 from .clip_encode import PixArtSigmaCLIPTextEncode
-from .dit_loader import PixArtSigmaDiTLoader
+from .dit import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
 from .resolution import PixArtSigmaResolution
 from .sampler import PixArtSigmaSampler
 from .schedule import PixArtSigmaFewStepSchedule, PixArtSigmaNoiseSchedule
-from .t5_loader import PixArtSigmaT5Loader
-from .text_encode import PixArtSigmaTextEncode
+from .t5 import PixArtSigmaT5Loader, PixArtSigmaTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaT5Loader,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import comfy.model_management as mm
 import torch
 
 from ..pixart.t5.encoder import CHARS_PER_TOKEN, preprocess_prompt
 from .common import pick
 from .node_api import CATEGORY, io, schema
-from .text_encode import MAX_TOKENS, conditioning, conditioning_output, model_family_input
+from .t5 import MAX_TOKENS, conditioning, conditioning_output, model_family_input
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def encode_with_mask(clip, text: str, max_length: int) -> tuple[torch.Tensor, to
     """Load the CLIP through ComfyUI's memory manager and run its T5 stack on the reference tokens with the
     attention mask (masked keys get no attention, as in transformers' T5EncoderModel): (1, L, C) float32 states
     and the (1, L) int64 mask, on the CLIP's load device."""
-    import comfy.model_management as mm
-
     tokenizer, model = clip_t5(clip)
     ids, mask = reference_tokens(tokenizer, text, max_length)
     mm.load_models_gpu([clip.patcher])
@@ -122,8 +121,6 @@ class PixArtSigmaCLIPTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, model_family) -> io.NodeOutput:
-        import comfy.model_management as mm
-
         max_length = pick(MAX_TOKENS, model_family, "PixArt Sigma CLIP Text Encode model_family")
         states, mask = encode_with_mask(clip, text, max_length)  # (1, L, C), (1, L)
         return io.NodeOutput(conditioning(states, mask, mm.intermediate_device()))

@@ -1,6 +1,5 @@
-"""Shared bits of the nodes: the category, model-file lookup, input checks, caption padding.
-
-No ComfyUI imports at module level, so tests can import it without ComfyUI."""
+"""Shared bits of the nodes: the category, model-file lookup in ComfyUI's models folders, input checks, caption
+padding."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePath, PureWindowsPath
 
+import folder_paths
 import torch
 import torch.nn.functional as F
 
@@ -48,8 +48,6 @@ def model_folders(
 def model_choices(kinds: Iterable[str]) -> list[str]:
     """Files ComfyUI lists for the folder kinds (e.g. ``diffusion_models``) plus model folders, sorted, no repeats;
     the files inside a listed folder (shards, a pipeline's parts) are left out: the folder stands for them."""
-    import folder_paths
-
     files: set[str] = set()
     folders: set[str] = set()
     for kind in kinds:
@@ -84,8 +82,6 @@ def find_in_folders(bases: Iterable[str | os.PathLike], name: str, what: str = "
 def find_model(kinds: Iterable[str], name: str) -> Path:
     """The file or folder ``name`` (as listed by :func:`model_choices`) in the first ComfyUI models folder of
     ``kinds`` holding it (see :func:`find_in_folders`)."""
-    import folder_paths
-
     return find_in_folders([base for kind in kinds for base in folder_paths.get_folder_paths(kind)], name)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import comfy.model_management as mm
+import torch
+
 from ..pixart.aspect_ratios import ASPECT_RATIO_BINS, SIZE_MULTIPLE, bins, closest_bin, snap_size
 from .memory import size_refusal
 from .node_api import CATEGORY, io, schema
@@ -98,9 +101,6 @@ class PixArtSigmaResolution(io.ComfyNode):
 
     @classmethod
     def execute(cls, base, aspect_ratio, width, height, batch_size) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import torch
-
         width, height, note = pick_size(int(base), aspect_ratio, width, height)
         if "snapped" in note:
             log.warning("PixArt Sigma Resolution: %s", note)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+import comfy.model_management as mm
+import comfy.samplers
+
 from ..pixart import PixArtConfig
 from ..pixart.memory import sampling_memory
 from ..pixart.model import resolve_token_chunk
@@ -16,6 +19,7 @@ DEFAULT_SCHEDULER = "sgm_uniform"  # timesteps evenly spaced from 999, like the 
 CFG = {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 DENOISE = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
 WHO = "PixArt Sigma Sampler"
+COMFY_NODES = importlib.import_module("nodes")  # ComfyUI's nodes.py (this package's own modules import relatively)
 
 
 def pixart_config(model):
@@ -27,8 +31,6 @@ def pixart_config(model):
 def check_memory(model, config, samples, cfg) -> None:
     """MemoryError with the numbers and a way out when sampling ``samples`` cannot fit the free memory of the
     model's device (what is free plus the models ComfyUI may unload to make room)."""
-    import comfy.model_management as mm
-
     device = model.load_device
     dit = model.model.diffusion_model
     token_chunk = resolve_token_chunk(getattr(dit, "token_chunk", None), device)
@@ -50,8 +52,6 @@ class PixArtSigmaSampler(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import comfy.samplers
-
         return schema(
             node_id="PixArtSigmaSampler",
             display_name="PixArt Sigma Sampler",
@@ -128,6 +128,5 @@ class PixArtSigmaSampler(io.ComfyNode):
             check_latent(config, tuple(samples.shape), WHO)  # all-zero latents ComfyUI adapts
         if config is not None and samples.ndim == 4:
             check_memory(model, config, samples, cfg)
-        comfy_nodes = importlib.import_module("nodes")  # ComfyUI's nodes.py (ours is imported relatively)
         args = (model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
-        return io.NodeOutput(*comfy_nodes.common_ksampler(*args, denoise=denoise))
+        return io.NodeOutput(*COMFY_NODES.common_ksampler(*args, denoise=denoise))

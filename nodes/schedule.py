@@ -1,13 +1,21 @@
 """PixArt Sigma Few-Step Schedule (SAMPLER + SIGMAS for SamplerCustomAdvanced) and PixArt Sigma Noise Schedule
-(a MODEL's prediction type and zero-terminal-SNR), running the ``pixart.sampling`` recipes in ComfyUI; the ComfyUI
-glue (model sampling, sampler functions) is in comfy_sampling.py, imported when a node runs."""
+(a MODEL's prediction type and zero-terminal-SNR), running the ``pixart.sampling`` recipes in ComfyUI with the
+SAMPLER functions of the one-step and LCM recipes (the MODEL's schedule itself: dit/model.py).
+
+ComfyUI samples in VE form: ``x = x_0 + sigma noise`` and the model wrapper returns the x_0 estimate. The recipes
+are written on VP samples ``x_vp = x / sqrt(1 + sigma^2)``; the sampler functions here translate."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from ..pixart.sampling import RECIPES, NoiseSchedule
+import comfy.samplers
+import torch
+
+from ..pixart.sampling import RECIPES, NoiseSchedule, lcm_steps, one_step
 from ..pixart.sampling.schedules import PREDICTIONS
+from .dit.model import noise_schedule_of, prediction_of, with_noise_schedule
 from .node_api import CATEGORY, io, schema
 
 WHO = "PixArt Sigma Few-Step Schedule"
@@ -15,14 +23,101 @@ WHO = "PixArt Sigma Few-Step Schedule"
 
 def check_prediction(model, recipe_name: str) -> None:
     """ValueError unless the MODEL predicts what the recipe's checkpoint predicts."""
-    from .comfy_sampling import prediction_of
-
     wanted, found = RECIPES[recipe_name].schedule.prediction, prediction_of(model)
     if found != wanted:
         raise ValueError(
             f"{WHO}: recipe {recipe_name!r} is for a {wanted} model, but this MODEL samples as {found}; put "
             f"PixArt Sigma Noise Schedule (prediction {wanted}) before the guider"
         )
+
+
+def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
+    sampling = model.get_model_object("model_sampling")
+    sigmas = [sampling.sigma(torch.tensor(float(t))) for t in timesteps]
+    return torch.stack([*sigmas, torch.zeros(())]).float()
+
+
+def _unit_variance_start(model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The reference's start, sqrt(1 + sigma^2) noise (unit variance in VP form): ComfyUI scales the start noise by
+    sigma unless sigma is its largest (custom sigmas below it, e.g. the one-step models' timestep 400). Valid for
+    an empty start latent only, which ``FromNoiseSampler`` makes sure of."""
+    sigma_max = float(model.inner_model.model_patcher.get_model_object("model_sampling").sigma_max)
+    s = float(sigma)
+    if math.isclose(sigma_max, s, rel_tol=1e-5) or s > sigma_max:
+        return x
+    return x * (math.sqrt(1.0 + s * s) / s)
+
+
+def sample_one_step(model, x, sigmas, extra_args=None, callback=None, disable=None, clip_sample=None):
+    """KSAMPLER function of the one-step models: ``pixart``'s one-step solver on the x_0 estimate at sigmas[0], from
+    unit-variance noise."""
+    extra_args = extra_args or {}
+    x = _unit_variance_start(model, x, sigmas[0])
+
+    def x0_model(sample: torch.Tensor, i: int) -> torch.Tensor:
+        return model(sample, sigmas[0] * sample.new_ones([sample.shape[0]]), **extra_args)
+
+    denoised = one_step(x0_model, x, clip_sample)
+    if callback is not None:
+        callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
+    return denoised
+
+
+def sample_lcm_reference(model, x, sigmas, extra_args=None, callback=None, disable=None, timestep_scaling=10.0):
+    """KSAMPLER function of LCM as diffusers' LCMScheduler runs it: ``pixart``'s LCM steps in VP form
+    (x_vp = x / sqrt(1 + sigma^2)), the noise between steps drawn from ``torch.Generator().manual_seed(seed)`` after
+    the start noise (which RandomNoise drew from the same seed), so a run equals the pipeline called with that
+    generator."""
+    extra_args = extra_args or {}
+    sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
+    generator = torch.Generator().manual_seed(int(extra_args.get("seed", 0)))
+    torch.randn(x.shape, generator=generator, dtype=x.dtype)  # the start noise's draw
+    x = _unit_variance_start(model, x, sigmas[0])
+    steps = len(sigmas) - 1
+    scales = [math.sqrt(1.0 + float(sigma) ** 2) for sigma in sigmas[:steps]]  # VE / VP
+
+    def x0_model(x_vp: torch.Tensor, i: int) -> torch.Tensor:
+        return model(x_vp * scales[i], sigmas[i] * x_vp.new_ones([x_vp.shape[0]]), **extra_args)
+
+    def draw(x_vp: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x_vp.shape, generator=generator, dtype=x_vp.dtype).to(x_vp.device)
+
+    def report(i: int, x_vp: torch.Tensor, denoised: torch.Tensor) -> None:
+        if callback is not None:
+            sigma = sigmas[i]
+            callback({"x": x_vp * scales[i], "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+    timesteps = [int(sampling.timestep(sigma)) for sigma in sigmas[:steps]]
+    alpha_bars = [1.0 / (scale * scale) for scale in scales]
+    return lcm_steps(x0_model, x / scales[0], timesteps, alpha_bars, draw, timestep_scaling, report)
+
+
+class FromNoiseSampler(comfy.samplers.KSAMPLER):
+    """A KSAMPLER that refuses a start latent that is not empty: the one-step and LCM recipes start from pure
+    noise (text to image), and ComfyUI adds the latent to the noise before the sampler function sees it."""
+
+    def __init__(self, who: str, sampler_function, extra_options=None):
+        super().__init__(sampler_function, extra_options or {})
+        self.who = who
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, *args, **kwargs):
+        if latent_image is not None and bool(latent_image.any()):
+            raise ValueError(
+                f"{self.who}: the start latent is not empty; the one-step and LCM recipes sample from pure noise "
+                "(text to image), as their reference pipelines do. Connect an empty latent (PixArt Sigma Resolution "
+                "or EmptyLatentImage)."
+            )
+        return super().sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, *args, **kwargs)
+
+
+def recipe_sampler(who: str, solver: str, clip_sample: float | None = None):
+    """The SAMPLER of a recipe's solver: "one_step", "lcm" or "dpmpp_2m" (ComfyUI's own)."""
+    if solver == "one_step":
+        return FromNoiseSampler(who, sample_one_step, {"clip_sample": clip_sample})
+    if solver == "lcm":
+        return FromNoiseSampler(who, sample_lcm_reference)
+    return comfy.samplers.ksampler("dpmpp_2m")
 
 
 class PixArtSigmaFewStepSchedule(io.ComfyNode):
@@ -82,8 +177,6 @@ class PixArtSigmaFewStepSchedule(io.ComfyNode):
         if steps and chosen.solver != "one_step":
             changes["steps"] = steps
         chosen = dataclasses.replace(chosen, **changes)
-        from .comfy_sampling import recipe_sampler, recipe_sigmas
-
         sampler = recipe_sampler(WHO, chosen.solver, chosen.clip_sample)
         return io.NodeOutput(sampler, recipe_sigmas(model, chosen.timesteps()))
 
@@ -130,8 +223,6 @@ class PixArtSigmaNoiseSchedule(io.ComfyNode):
             raise ValueError(
                 f"PixArt Sigma Noise Schedule: prediction {prediction!r} is not one of {list(PREDICTIONS)}"
             )
-        from .comfy_sampling import noise_schedule_of, with_noise_schedule
-
         carried = noise_schedule_of(model) or NoiseSchedule()  # betas from the DiT Loader's pipeline folder, if any
         schedule = dataclasses.replace(carried, prediction=prediction, zero_terminal_snr=zero_terminal_snr)
         return io.NodeOutput(with_noise_schedule(model, schedule))

@@ -18,7 +18,7 @@ class Setup:
 
         self.torch = torch
         self.comfyui = comfyui
-        self.comfy_model = comfyui.module("nodes.comfy_model")
+        self.comfy_model = comfyui.module("nodes.dit.model")
         self.path = work / "tiny_sigma.safetensors"
         save_file(tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3), str(self.path))
         g = torch.Generator().manual_seed(11)

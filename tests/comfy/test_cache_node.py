@@ -31,7 +31,7 @@ class Setup:
         from safetensors.torch import save_file
 
         self.torch, self.records = torch, records
-        self.comfy_model = comfyui.module("nodes.comfy_model")
+        self.comfy_model = comfyui.module("nodes.dit.model")
         self.node = comfyui.module("nodes.cache").PixArtSigmaCache
         self.sampler_node = comfyui.module("nodes.sampler").PixArtSigmaSampler
         self.path = work / "tiny_sigma.safetensors"

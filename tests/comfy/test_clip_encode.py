@@ -96,8 +96,8 @@ def test_clip_encode_equals_t5_loader(comfyui, one_thread, tmp_path, monkeypatch
     import nodes as comfy_nodes  # ComfyUI's nodes.py
 
     clip_encode = comfyui.module("nodes.clip_encode")
-    text_encode = comfyui.module("nodes.text_encode")
-    t5_loader = comfyui.module("nodes.t5_loader")
+    text_encode = comfyui.module("nodes.t5")
+    t5_loader = comfyui.module("nodes.t5")
 
     recognise_tiny_t5(monkeypatch)
     path = write_t5(tmp_path, file_format)

@@ -4,7 +4,7 @@
   the ``lora_adapter_metadata`` header of a ``.safetensors``) queued behind a long sampling prompt: ``/queue`` and
   ``/history`` keep answering, Cancel (``/interrupt``) ends the running sampling, and each LoRA prompt ends with the
   pack's LoraError naming the file;
-- a size whose sampling cannot fit the server's free memory (as nodes/memory.py estimates it) and a batch whose
+- a size whose sampling cannot fit the server's free memory (as pixart/memory.py estimates it) and a batch whose
   images cannot: each refused with the numbers and a way out, and the server's peak RSS does not jump;
 - a DiT file symlinked into models/diffusion_models, and one inside a symlinked folder, are listed and load.
 
@@ -188,7 +188,7 @@ def test_redos_lora_does_not_freeze_the_server_and_cancel_ends_sampling(host):
 
 
 def test_sizes_that_cannot_fit_are_refused_before_allocating(comfyui, host):
-    """At 16384 x 16384 px: the smallest batch whose sampling (lower bound of nodes/memory.py, 16-bit activations)
+    """At 16384 x 16384 px: the smallest batch whose sampling (lower bound of pixart/memory.py, 16-bit activations)
     needs twice the server's free memory while its latent and images take under half of it, through PixArt Sigma
     Sampler; and the smallest batch whose images alone need twice the free memory, through PixArt Sigma Resolution.
     Each ends with the numbers and a way out, and the server's peak RSS grows by under 1 GiB."""

@@ -248,8 +248,8 @@ def test_t5_in_memory_manager(s: Setup) -> None:
     path = s.path.parent / "t5_narrow.safetensors"
     save_file(tiny_weights.t5_state_dict(d_model=64), str(path))
     tokenizer = s.comfyui.tokenizer()
-    t5_model = s.comfyui.module("nodes.t5_model")
-    text_encode = s.comfyui.module("nodes.text_encode")
+    t5_model = s.comfyui.module("nodes.t5")
+    text_encode = s.comfyui.module("nodes.t5")
     encoder = load_t5(path, tokenizer=tokenizer, dtype=torch.float32)
     t5 = t5_model.ManagedT5(encoder, mm.text_encoder_device(), mm.text_encoder_offload_device())
 

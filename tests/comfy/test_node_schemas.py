@@ -132,7 +132,7 @@ def test_reference_defaults_and_lists(comfyui, models, model_folders):
     assert "t5-v1_1-xxl/" in t5["t5_name"][0] and "t5-v1_1-xxl/" in t5["tokenizer"][0]
     encode = v1_inputs("PixArtSigmaTextEncode")
     assert encode["model_family"][0] == ["sigma", "alpha"]
-    assert comfyui.module("nodes.text_encode").MAX_TOKENS == {"sigma": 300, "alpha": 120}
+    assert comfyui.module("nodes.t5").MAX_TOKENS == {"sigma": 300, "alpha": 120}
     assert v1_outputs("PixArtSigmaResolution") == ["LATENT", "INT", "INT", "STRING"]
     assert object_info("PixArtSigmaResolution")["output_name"] == ["latent", "width", "height", "note"]
 

@@ -32,7 +32,7 @@ class Setup:
         self.comfyui = comfyui
         self.work = work
         self.schedule = comfyui.module("nodes.schedule")
-        self.comfy_model = comfyui.module("nodes.comfy_model")
+        self.comfy_model = comfyui.module("nodes.dit.model")
         g = torch.Generator().manual_seed(11)
         self.pos = torch.randn(1, 9, 4096, generator=g)
         self.neg = torch.randn(1, 4, 4096, generator=g)
@@ -233,8 +233,8 @@ def test_900m_pipeline_folder(s: Setup, monkeypatch) -> None:
     folder's betas; a single file loads on ComfyUI's default epsilon schedule."""
     from pixart.sampling import RECIPES, NoiseSchedule, sample
 
-    comfy_sampling = s.comfyui.module("nodes.comfy_sampling")
-    loader = s.comfyui.module("nodes.dit_loader").PixArtSigmaDiTLoader
+    comfy_sampling = s.comfyui.module("nodes.dit.model")
+    loader = s.comfyui.module("nodes.dit").PixArtSigmaDiTLoader
     add_model_folder(monkeypatch, "diffusion_models", s.work)
     own = {"beta_start": 0.0002, "beta_end": 0.015, "num_train_timesteps": 1000}
     scheduler = {

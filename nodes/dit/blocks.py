@@ -5,7 +5,7 @@ block replacements (SkipLayerGuidanceDiT and other stock nodes).
 The contract of a block replacement is the one of ComfyUI's single-stream DiTs (Wan, Qwen-Image):
 ``patch(args, {"original_block": fn}) -> {"img": ...}`` with args ``{"img": (B, N, C) image tokens, "txt": (B, L', C)
 projected caption tokens, "vec": (B, 6C) adaLN-single output, "transformer_options": dict}``; ``fn(args)`` runs the
-block on ``args`` and returns ``{"img": ...}``. Imports ComfyUI.
+block on ``args`` and returns ``{"img": ...}``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import comfy.model_management as mm
 from torch import Tensor, nn
 
-from ..pixart.block_hooks import BlockFn, BlockHook, BlockInputs
+from ...pixart.block_hooks import BlockFn, BlockHook, BlockInputs
 
 BLOCK_KEY = "double_block"  # PixArt blocks are single-stream; ComfyUI's single-stream DiTs patch this key
 

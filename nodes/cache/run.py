@@ -1,9 +1,9 @@
-"""The ComfyUI side of PixArt Sigma Cache: a ``pixart`` step cache driven by ComfyUI's samplers.
+"""The per-run state of PixArt Sigma Cache: a ``pixart`` step cache driven by ComfyUI's samplers.
 
 The node stores :class:`CacheSettings` in the MODEL's ``transformer_options`` (``CACHE_SETTINGS``) and adds an
 ``OUTER_SAMPLE`` wrapper (:func:`sample_wrapper`). At the start of each sampling run the wrapper puts a fresh
-:class:`CacheRun` into a clone of the run's ``transformer_options`` (``CACHE_RUN``), so nothing is shared between
-runs, clones or LoRA-patched copies; ``ComfyPixArtTransformer._forward`` hands each model call to it.
+:class:`CacheRun` into a clone of the run's ``transformer_options`` (``MODEL_CALL``), so nothing is shared between
+runs, clones or LoRA-patched copies. It is the MODEL's ``MODEL_CALL`` (dit/model.py), which runs each model call.
 
 What a step is: the sampling run's schedule ``sigmas`` (s_0 > s_1 > ... > s_n = 0) has n steps; a model call at
 sigma s belongs to step i when s_{i+1} < s <= s_i. The first call of each new step (per batch composition, see
@@ -37,11 +37,11 @@ import comfy.model_patcher
 import comfy.patcher_extension
 from torch import Tensor
 
-from ..pixart.caches import DBCache, DBCacheConfig, StepCache, TGate, TGateConfig, negative_rows_only
+from ...pixart.caches import DBCache, DBCacheConfig, StepCache, TGate, TGateConfig, negative_rows_only
+from ..dit.model import MODEL_CALL
 
 log = logging.getLogger(__name__)
 CACHE_SETTINGS = "pixart_cache"  # transformer_options key: the node's CacheSettings
-CACHE_RUN = "pixart_cache_run"  # transformer_options key: the CacheRun of the sampling run in progress
 COND, UNCOND = 0, 1  # ComfyUI's cond_or_uncond entries
 COMPOSITION_NAMES = {(UNCOND, COND): "negative+positive", (COND, UNCOND): "positive+negative"}
 ModelCall = Callable[..., Tensor]
@@ -166,7 +166,7 @@ def sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwar
     end = float(sampling.percent_to_sigma(settings.end_percent))
     cache_run = CacheRun(settings, sigmas, start, end)
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
-    guider.model_options["transformer_options"][CACHE_RUN] = cache_run
+    guider.model_options["transformer_options"][MODEL_CALL] = cache_run
     try:
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
     finally:

@@ -1,7 +1,9 @@
-"""PixArt-Sigma/alpha as a ComfyUI model: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a ``ModelPatcher``.
+"""PixArt-Sigma/alpha as a ComfyUI MODEL: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a
+``ModelPatcher``, and the MODEL's noise schedule as ComfyUI model sampling.
 
-ComfyUI's samplers, memory management, previews and interrupts then treat it like any built-in model. Imports
-ComfyUI, so the nodes import this module only when they run.
+ComfyUI's samplers, memory management, previews and interrupts then treat it like any built-in model. Another node
+may run each model call itself: a callable under ``MODEL_CALL`` in ``transformer_options`` (PixArt Sigma Cache's
+per-run state) gets the forward and the call's arguments.
 """
 
 from __future__ import annotations
@@ -14,20 +16,22 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..pixart import CheckpointError, KVCompress, PixArtTransformer, read_checkpoint
-from ..pixart.attention import sdpa_attention
-from ..pixart.sampling import NoiseSchedule
-from ..pixart.text_encoder import check_caption_width
-from .comfy_blocks import comfy_block_hook
-from .comfy_cache import CACHE_RUN
-from .common import check_latent, pad_caption
+from ...pixart import CheckpointError, KVCompress, PixArtTransformer, read_checkpoint
+from ...pixart.attention import sdpa_attention
+from ...pixart.sampling import NoiseSchedule
+from ...pixart.text_encoder import check_caption_width
+from ..common import check_latent, pad_caption
+from .blocks import comfy_block_hook
 
 log = logging.getLogger(__name__)
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+MODEL_CALL = "pixart_model_call"  # transformer_options key: a callable that runs each model call (see _forward)
+SAMPLING_KINDS = {"epsilon": comfy.model_sampling.EPS, "v_prediction": comfy.model_sampling.V_PREDICTION}
 
 
 def backend_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, backend):
@@ -90,10 +94,10 @@ class ComfyPixArtTransformer(PixArtTransformer):
             out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks)
             return out[:, : cfg.in_channels]
 
-        cache_run = transformer_options.get(CACHE_RUN)  # PixArt Sigma Cache, during a sampling run
-        if cache_run is None:
+        model_call = transformer_options.get(MODEL_CALL)  # PixArt Sigma Cache, during a sampling run
+        if model_call is None:
             return run(x, timesteps, context, caption_mask, c_size, c_ar)
-        return cache_run(run, len(self.blocks), x, timesteps, context, caption_mask, c_size, c_ar, transformer_options)
+        return model_call(run, len(self.blocks), x, timesteps, context, caption_mask, c_size, c_ar, transformer_options)
 
 
 class PixArtSigmaConfig(comfy.supported_models_base.BASE):
@@ -180,3 +184,41 @@ def load_model(
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.cached_patcher_init = (load_model, (path, variant, weight_dtype, kv))
     return patcher
+
+
+# --- the MODEL's noise schedule -----------------------------------------------------------------------------------
+
+
+def model_sampling_for(schedule: NoiseSchedule, model_config=None) -> comfy.model_sampling.ModelSamplingDiscrete:
+    """ComfyUI's discrete model sampling for a PixArt noise schedule: EPS or V_PREDICTION on the schedule's sigmas
+    (zero-terminal-SNR with diffusers' terminal alpha_bar 2^-24, so samplers match the reference pipelines)."""
+
+    class PixArtModelSampling(comfy.model_sampling.ModelSamplingDiscrete, SAMPLING_KINDS[schedule.prediction]):
+        noise_schedule = schedule  # read back by noise_schedule_of
+
+    sampling = PixArtModelSampling(model_config, zsnr=False)
+    sampling.set_sigmas(schedule.sigmas().float())
+    return sampling
+
+
+def with_noise_schedule(model, schedule: NoiseSchedule):
+    """A clone of the MODEL (ModelPatcher) that samples with ``schedule``; stock KSampler / KSamplerAdvanced then
+    sample a v-prediction or zero-terminal-SNR checkpoint as diffusers does."""
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", model_sampling_for(schedule, patched.model.model_config))
+    return patched
+
+
+def noise_schedule_of(model) -> NoiseSchedule | None:
+    """The NoiseSchedule a MODEL samples with when ``with_noise_schedule`` gave it one (PixArt Sigma DiT Loader from a
+    pipeline folder's scheduler config, or PixArt Sigma Noise Schedule), else None (ComfyUI's default sampling)."""
+    return getattr(model.get_model_object("model_sampling"), "noise_schedule", None)
+
+
+def prediction_of(model) -> str:
+    """The MODEL's prediction type, "epsilon" or "v_prediction": the class in its model sampling's MRO that defines
+    ``calculate_denoised`` (ComfyUI's V_PREDICTION derives from EPS); another class's name for other kinds."""
+    sampling = model.get_model_object("model_sampling")
+    names = {kind: name for name, kind in SAMPLING_KINDS.items()}
+    kind = next(k for k in type(sampling).__mro__ if "calculate_denoised" in vars(k))
+    return names.get(kind, kind.__name__)

@@ -1,13 +1,15 @@
-"""PixArt Sigma DiT Loader: a PixArt-Sigma/alpha transformer as a ComfyUI MODEL, with optional KV compression."""
+"""PixArt Sigma DiT Loader: a PixArt-Sigma/alpha transformer as a ComfyUI MODEL (dit/model.py), with optional KV
+compression and the noise schedule of a diffusers pipeline folder."""
 
 from __future__ import annotations
 
 import logging
 
-from ..pixart import VARIANTS, KVCompress, parse_layers, pipeline_noise_schedule
-from ..pixart.sampling import NoiseSchedule
-from .common import find_model, model_choices, pick, torch_dtype
-from .node_api import CATEGORY, choice_problem, io, schema
+from ...pixart import VARIANTS, KVCompress, parse_layers, pipeline_noise_schedule
+from ...pixart.sampling import NoiseSchedule
+from ..common import find_model, model_choices, pick, torch_dtype
+from ..node_api import CATEGORY, choice_problem, io, schema
+from .model import load_model, with_noise_schedule
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,6 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, variant, weight_dtype, kv_compress, kv_factor, kv_layers) -> io.NodeOutput:
-        from .comfy_model import load_model
-
         try:
             kv = kv_setting(kv_compress, kv_factor, kv_layers)
         except ValueError as e:
@@ -131,7 +131,5 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
         model = load_model(path, variant, dtype, kv)
         if schedule is None or schedule == NoiseSchedule():
             return io.NodeOutput(model)
-        from .comfy_sampling import with_noise_schedule
-
         log.info("PixArt Sigma DiT Loader: %s samples with its scheduler config's %s", path, schedule)
         return io.NodeOutput(with_noise_schedule(model, schedule))

@@ -1,11 +1,12 @@
 """PixArt Sigma Cache: a training-free step cache (T-GATE, first-block cache, DBCache) on a PixArt MODEL, for any
 ComfyUI sampler. The settings keep the names and meaning of the reference packages (``tgate``, ``cache-dit``); the
-sampling-time glue is nodes/comfy_cache.py (imported when the node runs)."""
+per-run state that drives the cache during sampling is run.py."""
 
 from __future__ import annotations
 
-from ..pixart.caches import DBCacheConfig, TGateConfig
-from .node_api import CATEGORY, check_number, io, number_problem, schema
+from ...pixart.caches import DBCacheConfig, TGateConfig
+from ..node_api import CATEGORY, check_number, io, number_problem, schema
+from .run import CacheSettings, with_cache
 
 WHO = "PixArt Sigma Cache"
 OFF, TGATE, FIRST_BLOCK, DBCACHE = "off", "T-GATE", "first-block cache", "DBCache"
@@ -192,8 +193,6 @@ class PixArtSigmaCache(io.ComfyNode):
         start_percent,
         end_percent,
     ) -> io.NodeOutput:
-        from .comfy_cache import CacheSettings, with_cache
-
         for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
             check_number(WHO, name, value, 0.0, 1.0)
         check_number(WHO, "residual_diff_threshold", residual_diff_threshold, 0.0, 1.0)
