@@ -191,9 +191,40 @@ def test_find_model_loads_what_is_symlinked_into_the_folder(nodes, stubs, tmp_pa
     import folder_paths
 
     assert "linked.safetensors" in folder_paths.get_filename_list("diffusion_models")
-    assert nodes.common.find_model(["diffusion_models"], "linked.safetensors") == outside / "real.safetensors"
+    models = stubs / "diffusion_models"
+    found = nodes.common.find_model(["diffusion_models"], "linked.safetensors")
+    assert found == models / "linked.safetensors" and found.resolve() == outside / "real.safetensors"
     assert "linked_pipeline/" in nodes.common.model_choices(["diffusion_models"])
-    assert nodes.common.find_model(["diffusion_models"], "linked_pipeline/") == outside / "pipeline"
+    found = nodes.common.find_model(["diffusion_models"], "linked_pipeline/")
+    assert found == models / "linked_pipeline" and found.resolve() == outside / "pipeline"
+
+
+def test_find_model_keeps_the_listed_name_and_says_what_is_not_a_file(nodes, stubs, tmp_path_factory):
+    """A Hugging Face cache layout (snapshots/<rev>/x.safetensors -> ../../blobs/<hash>) is found under its listed
+    name, not the blob's; a FIFO, a dangling link or a file where a folder is asked for is named with what it is,
+    in the loader's error kind, never "not found ... put it there"."""
+    pixart = pack_pixart()
+    models = stubs / "diffusion_models"
+    snapshot = models / "hub" / "snapshots" / "0123abc"
+    (models / "hub" / "blobs").mkdir(parents=True)
+    (models / "hub" / "blobs" / "9f86d081").write_text("x")
+    snapshot.mkdir(parents=True)
+    os.symlink("../../blobs/9f86d081", snapshot / "model.safetensors")
+    found = nodes.common.find_model(["diffusion_models"], "hub/snapshots/0123abc/model.safetensors")
+    assert found == snapshot / "model.safetensors" and found.suffix == ".safetensors"
+    os.mkfifo(models / "pipe.safetensors")
+    os.symlink(models / "gone.pth", models / "dangling.pth")
+    (models / "plain.pth").write_text("x")
+    cases = {
+        "pipe.safetensors": "expected a model file, found a FIFO (named pipe)",
+        "dangling.pth": "expected a model file, found a dangling link to",
+        "plain.pth/": "expected a model folder, found a regular file",
+    }
+    for name, expected in cases.items():
+        with pytest.raises(pixart.CheckpointError) as error:
+            nodes.common.find_model(["diffusion_models"], name, pixart.CheckpointError)
+        text = str(error.value)
+        assert str(models / name.rstrip("/")) in text and expected in text and "put it there" not in text, text
 
 
 def test_pad_caption(nodes):
