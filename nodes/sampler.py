@@ -9,7 +9,7 @@ from .common import check_latent
 from .node_api import CATEGORY, check_number, io, number_problem, schema
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++ (2M), the reference sampler
-DEFAULT_SCHEDULER = "sgm_uniform"  # timesteps evenly spaced from 999, like the reference's time-uniform steps
+DEFAULT_SCHEDULER = "pixart_dpm_solver"  # the reference's integer timesteps (comfy_sampling.DPM_SOLVER_SCHEDULER)
 CFG = {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 DENOISE = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
 WHO = "PixArt Sigma Sampler"
@@ -69,7 +69,8 @@ class PixArtSigmaSampler(io.ComfyNode):
                     "scheduler",
                     options=comfy.samplers.KSampler.SCHEDULERS,
                     default=DEFAULT_SCHEDULER,
-                    tooltip="Noise schedule; sgm_uniform spaces timesteps evenly from 999, like the reference.",
+                    tooltip="Noise schedule; pixart_dpm_solver gives the reference pipeline's integer timesteps "
+                    "(999, 949, ...); sgm_uniform (the default before) spaces them evenly but fractional.",
                 ),
                 io.Float.Input(
                     "denoise",
