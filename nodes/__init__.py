@@ -36,7 +36,10 @@ class PixArtSigmaExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> PixArtSigmaExtension:
-    """ComfyUI's V3 entry point."""
+    """ComfyUI's V3 entry point; registers the ``pixart_dpm_solver`` scheduler before ComfyUI reads the schemas."""
+    from .comfy_sampling import register_scheduler
+
+    register_scheduler()
     return PixArtSigmaExtension()
 
 
