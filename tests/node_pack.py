@@ -100,7 +100,8 @@ def _make_api() -> dict[str, types.ModuleType]:
     io.Schema, io.ComfyNode, io.NodeOutput = Schema, ComfyNode, NodeOutput
     for name, io_type in {"Int": "INT", "Float": "FLOAT", "String": "STRING", "Boolean": "BOOLEAN",
                           "Combo": "COMBO", "Model": "MODEL", "Conditioning": "CONDITIONING", "Clip": "CLIP",
-                          "Latent": "LATENT", "Sampler": "SAMPLER", "Sigmas": "SIGMAS"}.items():  # fmt: skip
+                          "Latent": "LATENT", "Sampler": "SAMPLER", "Sigmas": "SIGMAS",
+                          "ControlNet": "CONTROL_NET"}.items():  # fmt: skip
         setattr(io, name, _comfy_type(io_type))
     io.Custom = _comfy_type
     api = types.ModuleType("comfy_api")

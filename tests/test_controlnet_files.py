@@ -71,6 +71,16 @@ def test_every_layout_reads_to_the_official_keys(tmp_path, base, official, layou
         assert f"{len(base)} base-model tensors in the file are not used" in caplog.text
 
 
+def test_a_diffusers_folder_reads_its_weights_file(tmp_path, official):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "PixArtControlNetAdapterModel", "num_layers": 3}')
+    with pytest.raises(CheckpointError, match="adapter: a folder without ControlNet weights"):
+        read_controlnet(folder, num_heads=HEADS)
+    _save(folder / "diffusion_pytorch_model.safetensors", adapter_state_dict(official))
+    _same(read_controlnet(folder, num_heads=HEADS)[0], official)
+
+
 def test_load_controlnet_builds_the_model(tmp_path, official):
     model = load_controlnet(_save(tmp_path / "cn.safetensors", official), num_heads=HEADS, dtype=torch.float16)
     assert model.config.copies == 3 and not model.training
@@ -166,7 +176,7 @@ def test_unreadable_and_missing_files(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
         read_controlnet(junk)
-    with pytest.raises(CheckpointError, match="nothing.pth: no such ControlNet file"):
+    with pytest.raises(CheckpointError, match="nothing.pth: no such ControlNet file or folder"):
         read_controlnet(tmp_path / "nothing.pth")
     pickled = tmp_path / "pickled.pth"
     torch.save({"controlnet.0.after_proj.weight": torch.zeros(2, 2), "config": {"depth": 2}}, pickled)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # Wrappers of official training checkpoints: the official inference script loads "state_dict".
 WRAPPERS = ("state_dict", "state_dict_ema")
+FOLDER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # a diffusers folder's
 BASE_PREFIXES = ("base_model.", "transformer.")  # official whole model, diffusers PixArtControlNetTransformerModel
 _OFFICIAL = re.compile(r"^controlnet\.(\d{1,9})\.(copied_block|before_proj|after_proj)\.(.+)$")
 _ADAPTER = re.compile(
@@ -167,18 +168,28 @@ def check_against_controlnet(state_dict: Mapping[str, Tensor], config: ControlNe
         raise CheckpointError(f"{source}: does not match a PixArt ControlNet with {shape}: " + "; ".join(problems))
 
 
+def _weights_file(path: Path) -> Path:
+    """The weights file of a ControlNet file or diffusers folder (``save_pretrained`` of the adapter)."""
+    if path.is_dir():
+        for name in FOLDER_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: a folder without ControlNet weights; expected one of {list(FOLDER_WEIGHTS)}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ControlNet file or folder")
+    return path
+
+
 def read_controlnet(path: str | Path, num_heads: int | None = None) -> tuple[dict[str, Tensor], ControlNetConfig]:
     """A PixArt ControlNet file (official or diffusers adapter layout, ``.pth``/``.safetensors``/...).
 
     Args:
-        path: the file.
+        path: the file, or a diffusers folder holding ``diffusion_pytorch_model.safetensors`` (or ``.bin``).
         num_heads: attention heads of the copies (= the base model's); None reads width / 72.
     Returns:
         (state dict with official ``controlnet.{i}.*`` keys, architecture).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such ControlNet file")
+    path = _weights_file(Path(path))
     source = str(path)
     layout, copies = _split(read_weights(path, CheckpointError, WRAPPERS), source)
     state_dict = _official_keys(layout, copies, source)
