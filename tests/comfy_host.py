@@ -128,6 +128,7 @@ MODEL_FILES = {
     "text_encoders": ["t5xxl_fp16.safetensors"],
     "vae": ["sdxl_vae.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors"],
     "loras": ["pixart_style.safetensors"],
+    "controlnet": ["pixart_sigma_controlnet_canny.safetensors", "PixArt-XL-2-1024-ControlNet.pth"],
 }
 
 

@@ -72,6 +72,22 @@ STOCK = {  # type -> (inputs in ComfyUI's order, output types)
         | {"latent_image": ("LATENT", {})},
         ["LATENT", "LATENT"],
     ),
+    "LoadImage": (
+        {"image": (["pixart_controlnet_example.png"], {}), "upload": (["image"], {"ui_only": True})},
+        ["IMAGE", "MASK"],
+    ),
+    "Canny": (
+        {"image": ("IMAGE", {})}
+        | {n: ("FLOAT", {"min": 0.01, "max": 0.99}) for n in ("low_threshold", "high_threshold")},
+        ["IMAGE"],
+    ),
+    "ControlNetApplyAdvanced": (
+        {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {})}
+        | {"image": ("IMAGE", {}), "strength": ("FLOAT", {"min": 0.0, "max": 10.0})}
+        | {n: ("FLOAT", {"min": 0.0, "max": 1.0}) for n in ("start_percent", "end_percent")}
+        | {"vae": ("VAE", {})},
+        ["CONDITIONING", "CONDITIONING"],
+    ),
     "EasyCache": (
         {"model": ("MODEL", {})}
         | {n: ("FLOAT", {"min": 0.0, "max": m}) for n, m in (("reuse_threshold", 3.0), ("start_percent", 1.0))}
@@ -142,7 +158,7 @@ def load(name: str, folder: str = "examples") -> tuple[dict, dict]:
 def test_the_examples_exist(folder):
     names = sorted(p.stem for p in FOLDERS[folder].glob("*.json"))
     assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names
-    assert len(names) == {"examples": 9, "v0_1": 4}[folder]
+    assert len(names) == {"examples": 10, "v0_1": 4}[folder]
     if folder == "examples":
         assert all((EXAMPLES / f"{name}.jpg").is_file() for name in names)
     prompts = {name: load(name, folder)[1] for name in names}
@@ -227,8 +243,10 @@ def test_api_twin_matches(specs, folder, name):
     for node in ui["nodes"]:
         inputs, _ = specs[node["type"]]
         given = api[str(node["id"])]["inputs"]
-        assert set(given) == set(inputs), f"{name}: node {node['id']} inputs {set(given) ^ set(inputs)}"
+        ui_only = {k for k, v in inputs.items() if v[1].get("ui_only")}  # LoadImage's upload button
+        assert set(given) == set(inputs) - ui_only, f"{name}: node {node['id']} inputs {set(given) ^ set(inputs)}"
         values = widget_values(f"{name}: node {node['id']}", node, inputs)
+        values = {k: v for k, v in values.items() if k not in ui_only}
         assert {k: given[k] for k in values} == values, f"{name}: node {node['id']} widget values differ"
         for input_name, value in values.items():
             check_value(f"{name} (API): node {node['id']}.{input_name}", inputs[input_name], value)
