@@ -11,6 +11,10 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
   embedding as small strided views; the weights it lacks ComfyUI leaves uninitialised, so the server must hand out
   zeroed memory for them (tests/comfy_host.py does, for its test servers).
 - VAE (VAELoader): a tiny autoencoder in the TAESD layout, which ComfyUI's VAELoader recognises from its keys.
+- PixArt ControlNet (PixArtSigmaControlNetLoader): one copy of a tiny DiT's block (scripts/tiny_controlnet.py); the
+  DiT files of such a workflow get 2 blocks, since a ControlNet's residual goes to block 1.
+- Control image (LoadImage): a 512 px PNG with a few shapes (edges for Canny), in the ``input`` folder beside
+  MODELS_DIR (ComfyUI's input folder under the runner's --base-directory).
 
 Usage: python scripts/tiny_weights.py MODELS_DIR WORKFLOW_API.json [...]
 """
@@ -29,6 +33,7 @@ from safetensors.torch import save_file
 log = logging.getLogger("tiny_weights")
 ROOT = Path(__file__).resolve().parents[1]
 T5 = {"d_model": 4096, "layers": 1, "heads": 2, "d_kv": 16, "d_ff": 64, "vocab": 32128, "buckets": 32}
+INPUT_FOLDER = "../input"  # ComfyUI's input folder, relative to MODELS_DIR (both under the --base-directory)
 XXL_FF_KEY = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"  # (10240, 4096) tells ComfyUI "T5-XXL"
 
 
@@ -146,9 +151,25 @@ def needed_files(prompt: dict) -> list[tuple[str, str, str]]:
             files.append(("text_encoders", inputs["t5_name"], "t5"))
         elif kind == "CLIPLoader":
             files.append(("text_encoders", inputs["clip_name"], "comfy-t5xxl"))
+        elif kind == "PixArtSigmaControlNetLoader":
+            files.append(("controlnet", inputs["control_net_name"], "controlnet"))
+        elif kind == "LoadImage":
+            files.append((INPUT_FOLDER, inputs["image"], "image"))
         elif kind == "VAELoader":
             files.append(("vae", inputs["vae_name"], "vae-sdxl" if "xl" in inputs["vae_name"].lower() else "vae-sd15"))
     return files
+
+
+def write_control_image(path: Path) -> None:
+    """A 512 px RGB PNG: white, with a dark rectangle and a grey disc (edges for Canny)."""
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (512, 512), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([96, 160, 320, 420], fill=(30, 30, 30))
+    draw.ellipse([280, 80, 440, 240], fill=(128, 128, 128))
+    image.save(path)
 
 
 def write(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -164,9 +185,15 @@ def write(path: Path, state: dict[str, torch.Tensor]) -> None:
 def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool = False) -> list[Path]:
     """Write every file the prompts load under ``models_dir`` (skipping existing ones unless ``force``)."""
     written = []
-    for folder, name, what in dict.fromkeys(f for p in prompts for f in needed_files(p)):
+    needed = dict.fromkeys(f for p in prompts for f in needed_files(p))
+    depth = 2 if any(what == "controlnet" for _, _, what in needed) else 1  # a ControlNet feeds block 1
+    for folder, name, what in needed:
         path = Path(models_dir) / folder / name
         if path.exists() and not force:
+            continue
+        if what == "image":
+            write_control_image(path)
+            written.append(path)
             continue
         if what == "t5":
             state = t5_state_dict()
@@ -174,8 +201,13 @@ def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool =
             state = comfy_t5xxl_state_dict()
         elif what.startswith("vae-"):
             state = vae_state_dict(0.13025 if what == "vae-sdxl" else 0.18215)
+        elif what == "controlnet":
+            sys.path.insert(0, str(ROOT))
+            from scripts.tiny_controlnet import tiny_controlnet
+
+            state = tiny_controlnet(dit_state_dict("sigma-1024", depth=2))
         else:
-            state = dit_state_dict(what)
+            state = dit_state_dict(what, depth=depth)
         write(path, state)
         log.info("wrote tiny %s: %s", what, path)
         written.append(path)
