@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -177,7 +178,8 @@ def check_cfg_rows(s: Setup) -> None:
 
 
 def check_refusals(s: Setup) -> None:
-    """ComfyUI's own PixArt (UNETLoader) is refused with a message naming our DiT loader; no VAE is refused."""
+    """No VAE on Apply ControlNet is refused by ComfyUI; a MODEL that is not ours (ComfyUI's own PixArt) by pre_run,
+    naming our DiT loader."""
     positive, negative = s.conds()
     model = s.model()
     no_vae = s.stock.ControlNetApplyAdvanced().apply_controlnet(
@@ -188,9 +190,9 @@ def check_refusals(s: Setup) -> None:
         raise AssertionError("a PixArt ControlNet ran without a VAE")
     except ValueError as e:
         assert "needs a VAE" in str(e), e
-    model.model.diffusion_model = s.torch.nn.Identity()
+    other = types.SimpleNamespace(diffusion_model=s.torch.nn.Identity(), model_sampling=None)
     try:
-        s.sample(model, *s.apply(positive, negative, 0, 1.0))
+        s.controlnets[0].copy().pre_run(other, lambda percent: percent)
         raise AssertionError("a non-PixArt model was accepted")
     except ValueError as e:
         assert "not a PixArt model from PixArt Sigma DiT Loader" in str(e), e

@@ -1,4 +1,4 @@
-"""The PixArt ControlNet-Transformer, "half" design (PixArt-delta, arXiv 2401.05252, §3 ControlNet-Transformer).
+"""The PixArt ControlNet-Transformer, "half" design (PixArt-delta, arXiv 2401.05252, section 3, ControlNet-Transformer).
 
 N trainable copies of the base model's first N blocks (13 in the released models) run beside the base model:
 
