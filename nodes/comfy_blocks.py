@@ -19,8 +19,8 @@ BLOCK_KEY = "double_block"  # PixArt blocks are single-stream; ComfyUI's single-
 
 
 def comfy_block_hook(blocks: nn.ModuleList, transformer_options: dict) -> BlockHook:
-    """The hook to pass innermost (last) in ``block_hooks``: it calls the block itself, so a replacement's
-    ``original_block`` sees the ``txt`` / ``vec`` it is given. Sets ``total_blocks`` and ``block_type`` in
+    """The hook to pass innermost (last) in ``block_hooks``: a replacement's ``original_block`` runs the block on
+    the ``img``, ``txt`` and ``vec`` it is given. Sets ``total_blocks`` and ``block_type`` in
     ``transformer_options`` now and ``block_index`` before each block, and raises ComfyUI's interrupt exception
     before a block when the user pressed Cancel."""
     replace = transformer_options.get("patches_replace", {}).get("dit", {})
@@ -33,12 +33,9 @@ def comfy_block_hook(blocks: nn.ModuleList, transformer_options: dict) -> BlockH
         patch = replace.get((BLOCK_KEY, index))
         if patch is None:
             return run(x)
-        block = blocks[index]
 
         def original_block(args: dict) -> dict:
-            # The block updates its input in place (no autograd): a copy keeps args["img"] for the patch.
-            img = block(args["img"].clone(), args["txt"], args["vec"], inputs.grid, inputs.bias, inputs.token_chunk)
-            return {"img": img}
+            return {"img": run(args["img"], inputs._replace(y=args["txt"], t0=args["vec"]))}
 
         args = {"img": x, "txt": inputs.y, "vec": inputs.t0, "transformer_options": transformer_options}
         return patch(args, {"original_block": original_block})["img"]

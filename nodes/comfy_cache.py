@@ -31,13 +31,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import comfy.model_patcher
 import comfy.patcher_extension
-import torch
 from torch import Tensor
 
-from ..pixart.caches import DBCache, DBCacheConfig, StepCache, TGate, TGateConfig
+from ..pixart.caches import DBCache, DBCacheConfig, StepCache, TGate, TGateConfig, negative_rows_only
 
 log = logging.getLogger(__name__)
 CACHE_SETTINGS = "pixart_cache"  # transformer_options key: the node's CacheSettings
@@ -100,9 +100,9 @@ class CacheRun:
         c_ar: Tensor | None,
         transformer_options: dict,
     ) -> Tensor:
-        """One model call. ``run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=...,
-        attention_reuse=...)`` is the DiT forward -> (B, C_in, H, W) epsilon; ``depth``: its number of blocks; the
-        other arguments are the call's (batch B = chunks of ``transformer_options["cond_or_uncond"]``)."""
+        """One model call. ``run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=...)`` is the DiT
+        forward -> (B, C_in, H, W) epsilon; ``depth``: its number of blocks; the other arguments are the call's
+        (batch B = chunks of ``transformer_options["cond_or_uncond"]``)."""
         self.calls += 1
         args = (x, timesteps, context, caption_mask, c_size, c_ar)
         sigma = float(transformer_options["sigmas"].flatten()[0])
@@ -124,7 +124,12 @@ class CacheRun:
         guided = cache.guided(cache_step)
         cache.begin_step(cache_step)
         kwargs = cache.forward_kwargs(depth)
-        out = run(*args, **kwargs) if guided else _negative_for_both(run, args, kwargs, composition)
+        if guided:
+            out = run(*args, **kwargs)
+        else:  # T-GATE after its gate: the negative chunk of the batch only, its output for every chunk
+            chunk = x.shape[0] // len(composition)
+            negative = slice(composition.index(UNCOND) * chunk, (composition.index(UNCOND) + 1) * chunk)
+            out = negative_rows_only(partial(run, **kwargs), args, negative, len(composition))
         cache.end_step()
         return out
 
@@ -148,15 +153,6 @@ class CacheRun:
         if self.uncached_calls:
             text += f", {self.uncached_calls} uncached (outside start/end percent or a step's further calls)"
         return text + ("; " + " | ".join(parts) if parts else "; the cache never acted")
-
-
-def _negative_for_both(run: ModelCall, args: tuple, kwargs: dict, composition: tuple[int, ...]) -> Tensor:
-    """T-GATE after its gate: the model on the negative chunk of the batch only, its output for every chunk."""
-    chunk = args[0].shape[0] // len(composition)
-    start = composition.index(UNCOND) * chunk
-    rows = slice(start, start + chunk)
-    negative = run(*(None if a is None else a[rows] for a in args), **kwargs)
-    return torch.cat([negative] * len(composition))
 
 
 def sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):

@@ -18,8 +18,9 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..pixart import CheckpointError, KVCompress, PixArtTransformer, parse_layers, read_checkpoint
+from ..pixart import CheckpointError, KVCompress, PixArtTransformer, read_checkpoint
 from ..pixart.attention import sdpa_attention
+from ..pixart.sampling import NoiseSchedule
 from ..pixart.text_encoder import check_caption_width
 from .comfy_blocks import comfy_block_hook
 from .comfy_cache import CACHE_RUN
@@ -58,10 +59,10 @@ def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
 class ComfyPixArtTransformer(PixArtTransformer):
     """The DiT with ComfyUI's call signature; returns epsilon only (the learned variance is not used)."""
 
-    def __init__(self, pixart_config, kv_compress=None, dtype=None, device=None, operations=None, **_unused):
+    def __init__(self, pixart_config, dtype=None, device=None, operations=None, **_unused):
         # float8 storage: Linear/Conv2d weights stay float8 (ComfyUI's casting ops upcast them per call), the
-        # modulation tables stay float (pixart.model.table_dtype).
-        super().__init__(pixart_config, kv_compress, dtype, device, operations, attention=comfy_attention_fn)
+        # modulation tables stay float (pixart.model.table_dtype). KV compression: load_model sets it.
+        super().__init__(pixart_config, None, dtype, device, operations, attention=comfy_attention_fn)
         self.dtype = dtype  # read by BaseModel.get_dtype()
 
     def forward(
@@ -87,9 +88,9 @@ class ComfyPixArtTransformer(PixArtTransformer):
         controls = [h for h in (control_block_hook(control),) if h is not None]
         forward = super().forward
 
-        def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=(), attention_reuse=None):
+        def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=()):
             hooks = [*block_hooks, *controls, hook]  # a step cache's hooks outside the control, ComfyUI's inside
-            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks, attention_reuse)
+            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks)
             return out[:, : cfg.in_channels]
 
         cache_run = transformer_options.get(CACHE_RUN)  # PixArt Sigma Cache, during a sampling run
@@ -103,7 +104,12 @@ class PixArtSigmaConfig(comfy.supported_models_base.BASE):
 
     unet_config: dict = {}
     unet_extra_config: dict = {}
-    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 0.0001, "linear_end": 0.02, "timesteps": 1000}
+    sampling_settings = {
+        "beta_schedule": "sqrt_linear",
+        "linear_start": NoiseSchedule.beta_start,
+        "linear_end": NoiseSchedule.beta_end,
+        "timesteps": NoiseSchedule.train_steps,
+    }
     latent_format = comfy.latent_formats.SDXL
     memory_usage_factor = 0.5
     supported_inference_dtypes = SUPPORTED_DTYPES
@@ -137,7 +143,9 @@ class PixArtModel(comfy.model_base.BaseModel):
         return out
 
 
-def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv=None, disable_dynamic=False):
+def load_model(
+    path, variant="auto", weight_dtype: torch.dtype | None = None, kv: KVCompress | None = None, disable_dynamic=False
+):
     """Read a PixArt checkpoint and wrap it for ComfyUI.
 
     The patcher remembers this call (``cached_patcher_init``), so ComfyUI 0.33 can load a fresh copy of the model
@@ -145,16 +153,11 @@ def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv
 
     Args:
         weight_dtype: None lets ComfyUI choose for the device.
-        kv: None, or (mode, factor, layers) with layers None (second half of the blocks) or text like "14-27".
+        kv: KV compression or None; checked against the checkpoint's depth before the weights are loaded.
         disable_dynamic: passed by ComfyUI when it calls the remembered loader; the patcher is always a plain
             ``ModelPatcher``, so it changes nothing.
     """
     state_dict, config = read_checkpoint(path, variant)
-    kv_compress = None
-    if kv is not None:
-        mode, factor, layers = kv
-        layers = None if layers is None else parse_layers(layers, config.depth)
-        kv_compress = KVCompress(mode, factor, layers)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     if weight_dtype is None:
         params = sum(t.numel() for t in state_dict.values())
@@ -162,9 +165,10 @@ def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv
         weight_dtype = mm.unet_dtype(model_params=params, supported_dtypes=SUPPORTED_DTYPES, weight_dtype=stored)
     manual_cast = mm.unet_manual_cast(weight_dtype, load_device, SUPPORTED_DTYPES)
     config_class = PixArtAlphaConfig if config.family == "alpha" else PixArtSigmaConfig
-    model_config = config_class({"pixart_config": config, "kv_compress": kv_compress})
+    model_config = config_class({"pixart_config": config})
     model_config.set_inference_dtype(weight_dtype, manual_cast)
     model = PixArtModel(model_config)
+    model.diffusion_model.set_kv_compress(kv)
     missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
@@ -174,7 +178,7 @@ def load_model(path, variant="auto", weight_dtype: torch.dtype | None = None, kv
         config,
         weight_dtype,
         manual_cast,
-        kv_compress,
+        kv,
     )
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.cached_patcher_init = (load_model, (path, variant, weight_dtype, kv))

@@ -14,7 +14,7 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..pixart.sampling import NoiseSchedule, lcm_boundary
+from ..pixart.sampling import NoiseSchedule, lcm_steps, one_step
 
 PREDICTIONS = {"epsilon": comfy.model_sampling.EPS, "v_prediction": comfy.model_sampling.V_PREDICTION}
 
@@ -73,38 +73,47 @@ def _unit_variance_start(model, x: torch.Tensor, sigma: torch.Tensor) -> torch.T
 
 
 def sample_one_step(model, x, sigmas, extra_args=None, callback=None, disable=None, clip_sample=None):
-    """KSAMPLER function of the one-step models: the x_0 estimate at sigmas[0] from unit-variance noise."""
+    """KSAMPLER function of the one-step models: ``pixart``'s one-step solver on the x_0 estimate at sigmas[0], from
+    unit-variance noise."""
     extra_args = extra_args or {}
     x = _unit_variance_start(model, x, sigmas[0])
-    denoised = model(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
-    if clip_sample is not None:
-        denoised = denoised.clamp(-clip_sample, clip_sample)
+
+    def x0_model(sample: torch.Tensor, i: int) -> torch.Tensor:
+        return model(sample, sigmas[0] * sample.new_ones([sample.shape[0]]), **extra_args)
+
+    denoised = one_step(x0_model, x, clip_sample)
     if callback is not None:
         callback({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
     return denoised
 
 
 def sample_lcm_reference(model, x, sigmas, extra_args=None, callback=None, disable=None, timestep_scaling=10.0):
-    """KSAMPLER function of LCM as diffusers' LCMScheduler runs it: boundary conditions c_skip / c_out, and the noise
-    between steps drawn from ``torch.Generator().manual_seed(seed)`` after the start noise (which RandomNoise drew
-    from the same seed), so a run equals the pipeline called with that generator."""
+    """KSAMPLER function of LCM as diffusers' LCMScheduler runs it: ``pixart``'s LCM steps in VP form
+    (x_vp = x / sqrt(1 + sigma^2)), the noise between steps drawn from ``torch.Generator().manual_seed(seed)`` after
+    the start noise (which RandomNoise drew from the same seed), so a run equals the pipeline called with that
+    generator."""
     extra_args = extra_args or {}
     sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
     generator = torch.Generator().manual_seed(int(extra_args.get("seed", 0)))
     torch.randn(x.shape, generator=generator, dtype=x.dtype)  # the start noise's draw
     x = _unit_variance_start(model, x, sigmas[0])
-    ones = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
-        denoised = model(x, sigma * ones, **extra_args)
-        c_skip, c_out = lcm_boundary(int(sampling.timestep(sigma)), timestep_scaling)
-        denoised = c_skip * x / math.sqrt(1.0 + float(sigma) ** 2) + c_out * denoised
+    steps = len(sigmas) - 1
+    scales = [math.sqrt(1.0 + float(sigma) ** 2) for sigma in sigmas[:steps]]  # VE / VP
+
+    def x0_model(x_vp: torch.Tensor, i: int) -> torch.Tensor:
+        return model(x_vp * scales[i], sigmas[i] * x_vp.new_ones([x_vp.shape[0]]), **extra_args)
+
+    def draw(x_vp: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x_vp.shape, generator=generator, dtype=x_vp.dtype).to(x_vp.device)
+
+    def report(i: int, x_vp: torch.Tensor, denoised: torch.Tensor) -> None:
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = denoised
-        if sigmas[i + 1] > 0:
-            x = x + sigmas[i + 1] * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return x
+            sigma = sigmas[i]
+            callback({"x": x_vp * scales[i], "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+    timesteps = [int(sampling.timestep(sigma)) for sigma in sigmas[:steps]]
+    alpha_bars = [1.0 / (scale * scale) for scale in scales]
+    return lcm_steps(x0_model, x / scales[0], timesteps, alpha_bars, draw, timestep_scaling, report)
 
 
 class FromNoiseSampler(comfy.samplers.KSAMPLER):

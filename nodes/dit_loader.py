@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..pixart import VARIANTS, parse_layers, pipeline_noise_schedule
+from ..pixart import VARIANTS, KVCompress, parse_layers, pipeline_noise_schedule
 from ..pixart.sampling import NoiseSchedule
 from .common import find_model, model_choices, pick, torch_dtype
 from .node_api import CATEGORY, choice_problem, io, schema
@@ -16,29 +16,31 @@ DIT_DTYPES = {"default": None, "fp32": "float32", "fp16": "float16", "bf16": "bf
 DIT_DTYPES |= {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 KV_CHOICES = ("off", "avgpool", "uniform", "ave", "conv")  # shipped order: "off" and pixart's KV_MODES
 KV_FACTOR = {"default": 2, "min": 2, "max": 8, "step": 1}
-# parse_layers checks the syntax against this many blocks; the real range is checked against the loaded model.
-SYNTAX_DEPTH = 1 << 16
 
 
-def kv_setting(kv_compress: str, kv_factor: int, kv_layers: str):
-    """None (off) or (mode, factor, layers text or None for the second half) for ``load_model``."""
+def kv_setting(kv_compress: str, kv_factor: int, kv_layers: str) -> KVCompress | None:
+    """None (off) or the ``KVCompress`` of the loader's inputs; ValueError naming the input when they cannot work.
+    The layers' syntax is checked here, before anything is loaded; their range against the checkpoint at load."""
+    problem = choice_problem("kv_compress", kv_compress, KV_CHOICES)
+    if problem is not None:
+        raise ValueError(problem)
     if kv_compress == "off":
         return None
-    return (kv_compress, kv_factor, None if kv_layers.strip().lower() in ("", "auto") else kv_layers)
+    try:
+        layers = parse_layers(kv_layers)
+    except ValueError as e:
+        raise ValueError(f"kv_layers: {e}") from e
+    return KVCompress(kv_compress, kv_factor, layers)
 
 
 def kv_problem(kv_compress, kv_layers) -> str | None:
     """Why the KV settings cannot work before anything is loaded, else None (None values are links)."""
-    problem = choice_problem("kv_compress", kv_compress, KV_CHOICES)
-    if problem is not None or kv_compress in (None, "off") or kv_layers is None:
-        return problem
-    layers = kv_setting(kv_compress, KV_FACTOR["default"], kv_layers)[2]
-    if layers is None:
-        return None
+    if kv_compress is None or kv_layers is None:
+        return choice_problem("kv_compress", kv_compress, KV_CHOICES)
     try:
-        parse_layers(layers, SYNTAX_DEPTH)
+        kv_setting(kv_compress, KV_FACTOR["default"], kv_layers)
     except ValueError as e:
-        return f"kv_layers: {e}"
+        return str(e)
     return None
 
 
@@ -119,11 +121,11 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
     def execute(cls, ckpt_name, variant, weight_dtype, kv_compress, kv_factor, kv_layers) -> io.NodeOutput:
         from .comfy_model import load_model
 
-        problem = kv_problem(kv_compress, kv_layers)
-        if problem is not None:
-            raise ValueError(f"PixArt Sigma DiT Loader: {problem}")
+        try:
+            kv = kv_setting(kv_compress, kv_factor, kv_layers)
+        except ValueError as e:
+            raise ValueError(f"PixArt Sigma DiT Loader: {e}") from e
         dtype = torch_dtype(pick(DIT_DTYPES, weight_dtype, "PixArt Sigma DiT Loader weight_dtype"))
-        kv = kv_setting(kv_compress, kv_factor, kv_layers)
         path = find_model(DIT_KINDS, ckpt_name)
         schedule = pipeline_noise_schedule(path)  # before the weights: a config we cannot reproduce fails fast
         model = load_model(path, variant, dtype, kv)

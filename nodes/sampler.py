@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 
 from ..pixart import PixArtConfig
-from ..pixart.model import CPU_TOKEN_CHUNK
+from ..pixart.memory import sampling_memory
+from ..pixart.model import resolve_token_chunk
 from .common import check_latent
-from .memory import sampling_memory, sampling_refusal
+from .memory import sampling_refusal
 from .node_api import CATEGORY, check_number, io, number_problem, schema
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++ (2M), the reference sampler
@@ -30,9 +31,7 @@ def check_memory(model, config, samples, cfg) -> None:
 
     device = model.load_device
     dit = model.model.diffusion_model
-    token_chunk = getattr(dit, "token_chunk", None)
-    if token_chunk == "auto":
-        token_chunk = CPU_TOKEN_CHUNK if device.type == "cpu" else None
+    token_chunk = resolve_token_chunk(getattr(dit, "token_chunk", None), device)
     compute_dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
     element_bytes = max(compute_dtype.itemsize, 2)  # float8 weights compute in 16 bits or more
     kv = getattr(dit, "kv_compress", None)

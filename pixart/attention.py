@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,21 +12,6 @@ from .config import KVCompress
 from .kv_compression import compress_kv
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
-
-
-@dataclass
-class AttentionReuse:
-    """One block call's attention outputs that a step cache (T-GATE) hands in or asks to keep.
-
-    Outputs are (B, N, C), after the output projection and before the gate and the residual add. ``self_out`` /
-    ``cross_out``: used instead of computing that attention. ``keep_self`` / ``keep_cross``: the block stores the
-    output it computed (or used) there, for the cache to read after the forward.
-    """
-
-    self_out: Tensor | None = None
-    cross_out: Tensor | None = None
-    keep_self: bool = False
-    keep_cross: bool = False
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:

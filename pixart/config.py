@@ -6,9 +6,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .errors import SettingError
+
 FAMILIES = ("sigma", "alpha")
 KV_MODES = ("conv", "ave", "uniform", "avgpool")
 KV_REMAINDERS = ("keep", "drop")
+KV_LAYER_WORDS = ("auto", "all")  # KVCompress.layers: the second half of the blocks, or every block
 # Weight and compute dtypes of the DiT and the T5 (float8 is only a storage format of T5 weights: pixart.t5.fp8).
 COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # T5 tokens per caption each family was trained with (PixArt-Sigma §3.1: 300; PixArt-alpha: 120).
@@ -126,49 +129,68 @@ class KVCompress:
         ``keep``  they form smaller edge windows (``uniform`` picks their first token, ``avgpool`` averages what
                   is there, ``conv``/``ave`` see the edge token repeated), so every token is represented;
         ``drop``  they are not keys/values (the official behaviour of ``conv`` and ``ave``).
-    layers: block indices to compress; None means the second half (14-27 of 28, the official configuration).
+    layers: ``"auto"`` the second half of the blocks (14-27 of 28, the official configuration; None means the
+        same), ``"all"`` every block, or block indices. Checked against the model's depth when a model takes the
+        setting (``layer_set``); ``from_text`` reads the text form ("auto", "all", "14-27", "0,2,4-6").
     """
 
     mode: str = "avgpool"
     factor: int = 2
-    layers: tuple[int, ...] | None = None
+    layers: str | tuple[int, ...] | None = "auto"
     remainder: str = "keep"
 
     def __post_init__(self) -> None:
         if self.mode not in KV_MODES:
-            raise ValueError(f"KVCompress.mode must be one of {KV_MODES}, got {self.mode!r}")
+            raise SettingError(f"KVCompress.mode must be one of {KV_MODES}, got {self.mode!r}")
         if not isinstance(self.factor, int) or not 2 <= self.factor <= 8:
-            raise ValueError(f"KVCompress.factor must be an integer in 2..8, got {self.factor!r}")
+            raise SettingError(f"KVCompress.factor must be an integer in 2..8, got {self.factor!r}")
         if self.remainder not in KV_REMAINDERS:
-            raise ValueError(f"KVCompress.remainder must be one of {KV_REMAINDERS}, got {self.remainder!r}")
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(sorted({int(i) for i in self.layers})))
+            raise SettingError(f"KVCompress.remainder must be one of {KV_REMAINDERS}, got {self.remainder!r}")
+        layers = "auto" if self.layers is None else self.layers
+        if isinstance(layers, str):
+            if layers not in KV_LAYER_WORDS:
+                raise SettingError(
+                    f"KVCompress.layers must be one of {KV_LAYER_WORDS} or block indices, got {layers!r} "
+                    "(KVCompress.from_text reads lists such as '14-27')"
+                )
+        else:
+            layers = tuple(sorted({int(i) for i in layers}))
+        object.__setattr__(self, "layers", layers)
+
+    @classmethod
+    def from_text(cls, mode: str, factor: int, layers: str, remainder: str = "keep") -> KVCompress:
+        """The setting with its layers given as text: "auto", "all" or a list such as "14-27" or "0,2,4-6"
+        (syntax checked here, the range when a model takes it)."""
+        return cls(mode, factor, parse_layers(layers), remainder)
 
     def layer_set(self, depth: int) -> frozenset[int]:
         """The compressed block indices for a model of ``depth`` blocks; raises on indices out of range."""
-        if self.layers is None:
+        if self.layers == "auto":
             return frozenset(range(depth // 2, depth))
+        if self.layers == "all":
+            return frozenset(range(depth))
         bad = [i for i in self.layers if not 0 <= i < depth]
         if bad:
-            raise ValueError(f"KVCompress.layers {bad} are outside 0..{depth - 1} for a {depth}-block model")
+            raise SettingError(f"KVCompress.layers {bad} are outside 0..{depth - 1} for a {depth}-block model")
         return frozenset(self.layers)
 
 
-def parse_layers(text: str, depth: int) -> tuple[int, ...]:
-    """Parse a block list such as ``"14-27"``, ``"0,2,4-6"`` or ``"all"`` into sorted indices below ``depth``."""
+def parse_layers(text: str) -> str | tuple[int, ...]:
+    """A block list as text -> ``"auto"`` (also for ""), ``"all"`` or sorted indices: "14-27" or "0,2,4-6" (the
+    syntax only; ``KVCompress.layer_set`` checks the range against a model)."""
     text = text.strip().lower()
-    if text == "all":
-        return tuple(range(depth))
+    if text in ("", "auto", "all"):
+        return text or "auto"
     layers: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         first, sep, last = part.partition("-")
         try:
             lo, hi = int(first), int(last if sep else first)
         except ValueError as e:
-            raise ValueError(f"KV layers {text!r}: {part!r} is not a number or a range like 14-27") from e
-        if lo > hi or lo < 0 or hi >= depth:
-            raise ValueError(f"KV layers {text!r}: {part!r} is outside 0..{depth - 1} for a {depth}-block model")
+            raise SettingError(f"KV layers {text!r}: {part!r} is not a number or a range like 14-27") from e
+        if lo > hi or lo < 0:
+            raise SettingError(f"KV layers {text!r}: {part!r} is outside every block range (first <= last, from 0)")
         layers.update(range(lo, hi + 1))
     if not layers:
-        raise ValueError(f"KV layers {text!r}: expected a list such as '14-27', 'all' or '0,2,4-6'")
+        raise SettingError(f"KV layers {text!r}: expected a list such as '14-27', 'all' or '0,2,4-6'")
     return tuple(sorted(layers))

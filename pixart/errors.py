@@ -62,8 +62,17 @@ class LoraError(PixArtError):
     """A LoRA file that cannot be read, or whose weights do not fit the model; the message names the file."""
 
 
+class SettingError(PixArtError):
+    """A setting (an argument, a node input) that cannot be used, or does not fit the model; the message names it."""
+
+
 def listing(items, count: int = 5, limit: int = 60) -> str:
     """``['a', 'b']`` of the first ``count`` items, each shortened, and how many more there are."""
     items = list(items)
     shown = repr([short(item, limit) if isinstance(item, str) else item for item in items[:count]])
     return shown + (f" and {len(items) - count} more" if len(items) > count else "")
+
+
+class ScheduleError(PixArtError):
+    """A noise schedule or timestep list that cannot be sampled (non-finite, unordered or repeated noise levels, or
+    more steps than the schedule has distinct timesteps); the message names the setting and the limit."""

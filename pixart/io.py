@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import re
+import stat
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -38,6 +40,57 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]{1,200})")
 ErrorKind = type[PixArtError]
 
 
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def entry_kind(path: Path) -> str:
+    """What the listed ``path`` is, links followed but never renamed: "file" (regular), "folder", "missing", or a
+    description of anything else ("a FIFO (named pipe)", "a dangling link to ...", "unreadable (...)")."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a dangling link to {short(os.readlink(path), 120)}"
+        return "missing"
+    except OSError as e:  # a link loop, a permission error, a name too long
+        return f"unreadable ({short(e.strerror or e, 80)})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return next((name for test, name in _SPECIAL if test(mode)), f"of unknown type (mode {mode:o})")
+
+
+def check_entry(path: Path, error: ErrorKind, allowed: tuple[str, ...] = ("file",), what: str = "file") -> str:
+    """``entry_kind(path)`` when it is one of ``allowed`` ("file", "folder"); otherwise ``error`` naming the listed
+    path and saying what it is instead (a FIFO, a device, a dangling link: never "not found" for those). Callers
+    pass the path the user picked, never its resolved target, so messages and formats follow the listed name."""
+    kind = entry_kind(path)
+    if kind in allowed:
+        return kind
+    if kind == "missing":
+        raise error(f"{path}: no such {what}")
+    target = f" (links to {short(os.path.realpath(path), 120)})" if os.path.islink(path) else ""
+    article = "a folder" if kind == "folder" else "a regular file" if kind == "file" else kind
+    raise error(f"{path}: expected a {what}, found {article}{target}")
+
+
+def weights_format(path: Path) -> str | None:
+    """ "safetensors" or "torch" from the suffix of the listed name (a Hugging Face cache link
+    ``snapshots/<rev>/x.safetensors -> ../../blobs/<hash>`` is a safetensors file); None for other suffixes."""
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    return None
+
+
 @dataclass(frozen=True)
 class TensorHeader:
     """One tensor's safetensors header entry (no data read)."""
@@ -58,6 +111,7 @@ def _check_names(path: Path, keys: list, error: ErrorKind) -> None:
 
 def read_safetensors(path: Path, error: ErrorKind) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors of a ``.safetensors``/``.sft`` file (on CPU) and its header metadata (``{}`` when none)."""
+    check_entry(path, error)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             keys = list(f.keys())
@@ -71,6 +125,7 @@ def read_safetensors_headers(files: list[Path], error: ErrorKind) -> dict[str, T
     """Header entries of safetensors files: stored key -> dtype and shape; no tensor data is read."""
     tensors: dict[str, TensorHeader] = {}
     for file in files:
+        check_entry(file, error)
         try:
             with safe_open(str(file), framework="pt") as f:
                 keys = list(f.keys())
@@ -126,6 +181,7 @@ def read_torch(path: Path, error: ErrorKind, wrappers: tuple[str, ...] = ()) -> 
     Returns:
         {name: tensor}; every value of the (unwrapped) dict must be a tensor.
     """
+    check_entry(path, error)
     try:
         if not _is_torch_file(path):
             raise error(f"{path}: not a readable PyTorch checkpoint (neither a torch zip archive nor a pickle)")
@@ -166,10 +222,11 @@ def read_torch(path: Path, error: ErrorKind, wrappers: tuple[str, ...] = ()) -> 
 
 
 def read_weights(path: Path, error: ErrorKind, wrappers: tuple[str, ...] = ()) -> dict[str, Tensor]:
-    """The tensors of a safetensors or torch file, chosen by suffix (``SAFETENSORS_SUFFIXES``, ``TORCH_SUFFIXES``)."""
-    if path.suffix in SAFETENSORS_SUFFIXES:
+    """The tensors of a safetensors or torch file, chosen by the listed name's suffix (:func:`weights_format`)."""
+    kind = weights_format(path)
+    if kind == "safetensors":
         return read_safetensors(path, error)[0]
-    if path.suffix in TORCH_SUFFIXES:
+    if kind == "torch":
         return read_torch(path, error, wrappers)
     raise error(
         f"{path}: unsupported file type {short(path.suffix, 20)!r}; expected one of "
@@ -199,6 +256,7 @@ def parse_json(text: str | bytes, source: str, error: ErrorKind, constants: bool
 def read_json(path: Path, error: ErrorKind, constants: bool = False) -> dict:
     """A JSON object from a file (``config.json``, an index, ``adapter_config.json``); ``constants`` as in
     :func:`parse_json`."""
+    check_entry(path, error)
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
@@ -268,8 +326,9 @@ def read_shard_index(index: Path, error: ErrorKind) -> list[Path]:
         if relative.is_absolute() or relative.drive or ".." in relative.parts or "\\" in name:
             raise error(f"{index}: shard {short(name)!r} is not a plain file name inside {folder}")
         shard = folder / relative
-        if not shard.is_file():
+        if entry_kind(shard) == "missing":
             raise error(f"{index}: lists shard {short(name)!r}, which is not in {folder}")
+        check_entry(shard, error)
         if not any(_inside(shard.resolve(), root) for root in roots):
             raise error(f"{index}: shard {short(name)!r} links outside {folder}")
         shards.append(shard)

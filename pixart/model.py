@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
+from functools import cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import AttentionFn, AttentionReuse, CrossAttention, SelfAttention, sdpa_attention
-from .block_hooks import BlockHook, BlockInputs, call_hook
+from .attention import AttentionFn, CrossAttention, SelfAttention, sdpa_attention
+from .block_hooks import AttentionHook, BlockHook, BlockInputs, TokenRows, wrap_block
 from .config import KVCompress, PixArtConfig
 from .embeddings import (
     CaptionEmbedder,
@@ -22,6 +22,7 @@ from .embeddings import (
     default_operations,
     sincos_2d,
 )
+from .errors import SettingError
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
@@ -49,15 +50,49 @@ def layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=1e-6)
 
 
-def residual(x: Tensor, update: Tensor, gate: Tensor | None = None) -> Tensor:
-    """x + gate·update in one pass, in place on the residual stream ``x`` when autograd is off (large CPU
-    allocations cost page faults). In fp16 the sum saturates at ±65504 instead of overflowing to inf (the fp16
-    guard)."""
+def residual(x: Tensor, update: Tensor, gate: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """x + gate·update in one pass. Without autograd the sum is written into ``out`` (default ``x`` itself, in
+    place): large CPU allocations cost page faults. In fp16 the sum saturates at ±65504 instead of overflowing to inf
+    (the fp16 guard)."""
     if torch.is_grad_enabled():
         x = x + update if gate is None else torch.addcmul(x, gate, update)
     else:
-        x = x.add_(update) if gate is None else x.addcmul_(gate, update)
+        out = x if out is None else out
+        x = torch.add(x, update, out=out) if gate is None else torch.addcmul(x, gate, update, out=out)
     return x.clamp_(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
+
+
+def resolve_token_chunk(token_chunk: int | str | None, device: torch.device) -> int | None:
+    """Tokens per chunk of the blocks' per-token work that a ``token_chunk`` setting means on ``device``: "auto" is
+    ``CPU_TOKEN_CHUNK`` on CPU and every token at once (None) elsewhere."""
+    if token_chunk == "auto":
+        return CPU_TOKEN_CHUNK if device.type == "cpu" else None
+    return token_chunk
+
+
+def token_rows(shape: tuple[int, int, int], chunk: int | None) -> list[TokenRows]:
+    """The pieces a block's per-token work on a (B, N, C) stream runs on: the whole stream (``chunk`` None), or at
+    most ``chunk`` tokens of one sample at a time."""
+    if chunk is None:
+        return [TokenRows(slice(None), slice(None), shape)]
+    b, n, _ = shape
+    return [TokenRows(slice(i, i + 1), slice(s, s + chunk), shape) for i in range(b) for s in range(0, n, chunk)]
+
+
+def per_token(fn: Callable[[Tensor, TokenRows], Tensor], x: Tensor, rows: list[TokenRows], width: int) -> Tensor:
+    """``fn(x[rows.index], rows)`` on each piece of ``rows``, gathered into one (B, N, width) tensor (the piece's own
+    result when it is the whole stream)."""
+    if len(rows) == 1 and rows[0].whole:
+        return fn(x, rows[0])
+    out = x.new_empty(*x.shape[:2], width)
+    for r in rows:
+        out[r.index] = fn(x[r.index], r)
+    return out
+
+
+def _compute(kind: str, rows: TokenRows, compute: Callable[[], Tensor]) -> Tensor:
+    """The ``AttentionHook`` of a block without one: compute the attention."""
+    return compute()
 
 
 class Modulation(NamedTuple):
@@ -92,88 +127,60 @@ class PixArtBlock(nn.Module):
         grid: tuple[int, int],
         bias: Tensor | None,
         token_chunk: int | None = None,
-        reuse: AttentionReuse | None = None,
+        attention: AttentionHook | None = None,
     ) -> Tensor:
-        """Without autograd ``x`` is updated in place and returned.
+        """The three residual updates, on the whole stream or (``token_chunk``, inference only) on at most
+        ``token_chunk`` tokens of one sample at a time: only self-attention sees the whole sequence. The chunks'
+        intermediates (at most chunk × 4C) stay small enough for the allocator to reuse instead of mapping fresh
+        pages (on CPU, page faults cost a few % of a forward), and the MLP's N × 4C hidden layer never exists whole
+        (lower peak memory).
 
         Args:
-            x: (B, N, C) image tokens; y: (B, L, C) caption tokens; t0: (B, 6C) adaLN-single output;
+            x: (B, N, C) image tokens, not changed; y: (B, L, C) caption tokens; t0: (B, 6C) adaLN-single output;
             grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
-            token_chunk: without autograd, run the per-token work on at most this many tokens of one sample at a
-                time (``forward_in_chunks``); None runs every token at once.
-            reuse: attention outputs to use instead of computing them, or to keep (step caches); None computes.
+            token_chunk: tokens per piece of the per-token work without autograd; None runs every token at once.
+            attention: consulted instead of computing each attention output (step caches); None computes them.
         Returns:
-            (B, N, C).
+            (B, N, C), a new tensor.
         """
         table = self.scale_shift_table.to(dtype=x.dtype, device=x.device)
         m = Modulation(*(table[None] + t0.view(x.shape[0], 6, -1)).chunk(6, dim=1))
-        reuse = reuse or AttentionReuse()
-        if token_chunk is not None and not torch.is_grad_enabled():
-            return self.forward_in_chunks(x, y, m, grid, bias, token_chunk, reuse)
-        sa = reuse.self_out
-        if sa is None:
-            sa = self.attn(t2i_modulate(layer_norm(x), m.shift_msa, m.scale_msa), grid)
-        if reuse.keep_self:
-            reuse.self_out = sa
-        x = residual(x, sa, m.gate_msa)
-        ca = reuse.cross_out if reuse.cross_out is not None else self.cross_attn(x, y, bias)
-        if reuse.keep_cross:
-            reuse.cross_out = ca
-        x = residual(x, ca)
-        return residual(x, self.mlp(t2i_modulate(layer_norm(x), m.shift_mlp, m.scale_mlp)), m.gate_mlp)
+        attend = attention or _compute
+        grad = torch.is_grad_enabled()
+        rows = token_rows(tuple(x.shape), None if grad else token_chunk)
+        heads = cache(lambda: self.self_attention_heads(x, m, grid, rows))  # (B, N, C), when first needed
+        keys_values = cache(lambda: self.cross_attn.keys_values(y))  # 2 × (B, h, L, d), when first needed
+        # the block's output, filled piece by piece; allocated after self-attention (whose q, k, v are the peak)
+        stream = None if grad else cache(lambda: torch.empty_like(x))
 
-    def forward_in_chunks(
-        self,
-        x: Tensor,
-        y: Tensor,
-        m: Modulation,
-        grid: tuple[int, int],
-        bias: Tensor | None,
-        chunk: int,
-        reuse: AttentionReuse | None = None,
-    ) -> Tensor:
-        """The block's inference path, same result as ``forward``: only self-attention sees the whole sequence;
-        norms, modulation, projections, cross-attention and MLP run on ``chunk`` tokens of one sample at a time
-        and update ``x`` in place. Their intermediates (at most chunk × 4C) stay small enough for the allocator
-        to reuse instead of mapping fresh pages (on CPU, page faults cost a few % of a forward), and the MLP's
-        N × 4C hidden layer never exists whole (lower peak memory). Attention outputs that ``reuse`` supplies are
-        read chunk by chunk; those it keeps are gathered into a (B, N, C) tensor."""
-        b, n, c = x.shape
-        parts = [(slice(i, i + 1), slice(start, start + chunk)) for i in range(b) for start in range(0, n, chunk)]
-        reuse = reuse or AttentionReuse()
-        sa_given, ca_given = reuse.self_out, reuse.cross_out
-        if sa_given is None:
-            qkv = x.new_empty(b, n, 3 * c)
-            for one, s in parts:
-                h = t2i_modulate(layer_norm(x[one, s]), m.shift_msa[one], m.scale_msa[one])
-                qkv[one, s] = self.attn.qkv(h)
-            heads = self.attn.attend(qkv, grid)  # (B, N, C)
-            del qkv
-        if ca_given is None:
-            keys, values = self.cross_attn.keys_values(y)  # 2 × (B, h, L, d)
-        sa_kept = x.new_empty(b, n, c) if reuse.keep_self and sa_given is None else None
-        ca_kept = x.new_empty(b, n, c) if reuse.keep_cross and ca_given is None else None
-        for one, s in parts:
-            tokens = x[one, s]  # (1, <=chunk, C) view of the residual stream
-            sa = self.attn.proj(heads[one, s]) if sa_given is None else sa_given[one, s]
-            if sa_kept is not None:
-                sa_kept[one, s] = sa
-            residual(tokens, sa, m.gate_msa[one])
-            if ca_given is None:
-                sample_bias = None if bias is None else bias[one]
-                ca = self.cross_attn.attend(tokens, keys[one], values[one], sample_bias)
-            else:
-                ca = ca_given[one, s]
-            if ca_kept is not None:
-                ca_kept[one, s] = ca
-            residual(tokens, ca)
-            h = t2i_modulate(layer_norm(tokens), m.shift_mlp[one], m.scale_mlp[one])
-            residual(tokens, self.mlp(h), m.gate_mlp[one])
-        if sa_kept is not None:
-            reuse.self_out = sa_kept
-        if ca_kept is not None:
-            reuse.cross_out = ca_kept
-        return x
+        def update(r: TokenRows) -> Tensor:
+            i, s = r.index, r.samples
+            sa = attend("self", r, lambda: self.attn.proj(heads()[i]))
+            if r is rows[-1]:
+                heads.cache_clear()  # every piece has its self-attention output: the heads can go
+            h = residual(x[i], sa, m.gate_msa[s], out=None if stream is None else stream()[i])
+            del sa  # (B, N, C) when whole: gone before the MLP's hidden layer exists
+            ca = attend("cross", r, lambda: self.cross_attn.attend(h, *(kv[s] for kv in keys_values()), _rows(bias, s)))
+            h = residual(h, ca)
+            del ca
+            return residual(h, self.mlp(t2i_modulate(layer_norm(h), m.shift_mlp[s], m.scale_mlp[s])), m.gate_mlp[s])
+
+        for r in rows:
+            out = update(r)
+        return out if stream is None else stream()
+
+    def self_attention_heads(self, x: Tensor, m: Modulation, grid: tuple[int, int], rows: list[TokenRows]) -> Tensor:
+        """Self-attention over the whole sequence, before the output projection: (B, N, C) tokens -> (B, N, C) heads;
+        the modulation and q, k, v projection run on ``rows``."""
+
+        def qkv(tokens: Tensor, r: TokenRows) -> Tensor:
+            return self.attn.qkv(t2i_modulate(layer_norm(tokens), m.shift_msa[r.samples], m.scale_msa[r.samples]))
+
+        return self.attn.attend(per_token(qkv, x, rows, 3 * x.shape[2]), grid)
+
+
+def _rows(bias: Tensor | None, samples: slice) -> Tensor | None:
+    return None if bias is None else bias[samples]
 
 
 class FinalLayer(nn.Module):
@@ -203,8 +210,8 @@ class PixArtTransformer(nn.Module):
             casting ops here.
         attention: ``attention(q, k, v, bias)`` callable (default ``sdpa_attention``).
         compute_dtype: when set, inputs are cast to it (for callers that do not cast themselves).
-        token_chunk: tokens per chunk of the blocks' per-token work at inference (``PixArtBlock.forward_in_chunks``):
-            an int >= 1, None for all at once, or "auto" (``CPU_TOKEN_CHUNK`` on CPU, all at once elsewhere).
+        token_chunk: tokens per chunk of the blocks' per-token work at inference (``PixArtBlock.forward``): an int
+            >= 1, None for all at once, or "auto" (``resolve_token_chunk``).
     """
 
     def __init__(
@@ -241,17 +248,18 @@ class PixArtTransformer(nn.Module):
         self.set_kv_compress(kv_compress)
 
     def set_kv_compress(self, kv_compress: KVCompress | None) -> None:
-        """Switch KV compression (or turn it off with None) without reloading weights."""
+        """Switch KV compression (or turn it off with None) without reloading weights; the one place a
+        ``KVCompress`` is checked against this model (its depth, and for "conv" its trained layers and factor)."""
         layers = kv_compress.layer_set(self.config.depth) if kv_compress is not None else frozenset()
         if kv_compress is not None and kv_compress.mode == "conv":
             trained = set(self.config.conv_kv_layers)
             if not trained:
-                raise ValueError(
+                raise SettingError(
                     "KV compression mode 'conv' needs a checkpoint with trained KV-compression weights "
                     "(blocks.N.attn.sr / attn.norm); this one has none. Use 'avgpool', 'uniform' or 'ave'."
                 )
             if not layers <= trained or kv_compress.factor != self.config.conv_kv_factor:
-                raise ValueError(
+                raise SettingError(
                     f"KV compression mode 'conv': the checkpoint trained factor {self.config.conv_kv_factor} on "
                     f"layers {sorted(trained)}; asked for factor {kv_compress.factor} on layers {sorted(layers)}"
                 )
@@ -270,24 +278,16 @@ class PixArtTransformer(nn.Module):
             self._pos_cache[key] = table.to(device=device, dtype=dtype)[None]
         return self._pos_cache[key]
 
-    def run_block(
-        self,
-        index: int,
-        x: Tensor,
-        inputs: BlockInputs,
-        hooks: Sequence[BlockHook] = (),
-        reuse: AttentionReuse | None = None,
-    ) -> Tensor:
-        """Block ``index`` on the (B, N, C) image tokens, through ``hooks`` (the first outermost), with the
-        attention outputs ``reuse`` supplies or keeps."""
+    def run_block(self, index: int, x: Tensor, inputs: BlockInputs, hooks: Sequence[BlockHook] = ()) -> Tensor:
+        """Block ``index`` on the (B, N, C) image tokens, through ``hooks`` (the first outermost)."""
         block = self.blocks[index]
 
-        def run(tokens: Tensor) -> Tensor:
-            return block(tokens, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk, reuse)
+        def run(tokens: Tensor, shared: BlockInputs) -> Tensor:
+            return block(tokens, shared.y, shared.t0, shared.grid, shared.bias, shared.token_chunk, shared.attention)
 
         for hook in reversed(hooks):
-            run = partial(call_hook, hook, index, inputs, run)
-        return run(x)
+            run = wrap_block(hook, index, run)
+        return run(x, inputs)
 
     def _check_inputs(self, x: Tensor, caption: Tensor, caption_mask: Tensor | None) -> None:
         cfg = self.config
@@ -353,7 +353,6 @@ class PixArtTransformer(nn.Module):
         resolution: Tensor | None = None,
         aspect_ratio: Tensor | None = None,
         block_hooks: Sequence[BlockHook] = (),
-        attention_reuse: Sequence[AttentionReuse | None] | None = None,
     ) -> Tensor:
         """
         Args:
@@ -363,10 +362,8 @@ class PixArtTransformer(nn.Module):
             caption_mask: (B, L) ones for tokens to attend, zeros for padding; None attends to all.
             resolution: alpha only, (B, 2) image height, width in pixels (default 8·H, 8·W).
             aspect_ratio: alpha only, (B, 1) height / width (default H / W).
-            block_hooks: ``BlockHook``s wrapped around every block, the first outermost (caches, block patches,
+            block_hooks: ``BlockHook``s wrapped around every block, the first outermost (step caches, block patches,
                 cancel checks).
-            attention_reuse: None, or one ``AttentionReuse`` (or None) per block: attention outputs a step cache
-                (T-GATE) supplies or keeps.
         Returns:
             (B, C_out, H, W) in the dtype of ``x``: epsilon in the first C_in channels, then the variance.
         """
@@ -383,16 +380,9 @@ class PixArtTransformer(nn.Module):
         t0 = self.t_block(t)  # (B, 6C)
         caption, bias = self._caption_bias(caption, caption_mask)
         y = self.y_embedder(caption)  # (B, L', C)
-        chunk = self.token_chunk
-        if chunk == "auto":
-            chunk = CPU_TOKEN_CHUNK if x.device.type == "cpu" else None
-        inputs = BlockInputs(y, t0, grid, bias, chunk)
-        if attention_reuse is not None and len(attention_reuse) != len(self.blocks):
-            n = len(self.blocks)
-            raise ValueError(f"attention_reuse needs one entry per block ({n}), got {len(attention_reuse)}")
+        inputs = BlockInputs(y, t0, grid, bias, resolve_token_chunk(self.token_chunk, x.device))
         for index in range(len(self.blocks)):
-            reuse = None if attention_reuse is None else attention_reuse[index]
-            x = self.run_block(index, x, inputs, block_hooks, reuse)
+            x = self.run_block(index, x, inputs, block_hooks)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)
         x = x.view(b, *grid, p, p, cfg.out_channels)  # (B, h, w, p, p, C_out)
         x = torch.einsum("bhwpqc->bchpwq", x).reshape(b, cfg.out_channels, height, width)

@@ -56,7 +56,12 @@ print(json.dumps({"python": sys.version.split()[0], "torch": torch.__version__, 
 
 
 class NoInterpreter(RuntimeError):
-    """No candidate interpreter can import the checkout's requirements; the message lists each and why."""
+    """No candidate interpreter can import the checkout's requirements; the message lists each and why (``tried``:
+    one line per candidate)."""
+
+    def __init__(self, message: str, tried: list[str]):
+        super().__init__(message)
+        self.tried = tried
 
 
 @dataclass
@@ -83,7 +88,8 @@ def find_comfy(explicit: str | Path | None = None) -> tuple[Path | None, str]:
             path = Path(given).expanduser().resolve()
             if (path / "main.py").is_file() and (path / "comfy").is_dir():
                 return path, ""
-            return None, f"{source}={given} is not a ComfyUI checkout (expected main.py and comfy/ in it)"
+            found = "no such folder" if not path.exists() else "it holds no main.py and comfy/"
+            return None, f"{source}={given} is not a ComfyUI checkout ({found})"
     parent = REPO.parent
     if parent.name == "custom_nodes" and (parent.parent / "main.py").is_file():
         return parent.parent, ""
@@ -122,25 +128,32 @@ def probe(python: str, requirements: list[str], env: dict[str, str] | None = Non
 
 def candidates(comfy: Path) -> list[tuple[str, str, dict[str, str]]]:
     """(python, where it came from, extra environment) in the order tried when none is given: a venv in or beside the
-    checkout, the Windows portable build's, the test venv of scripts/comfy_env.py, then this interpreter."""
+    checkout, the Windows portable build's, the pack's ComfyUI venv (scripts/comfy_env.py), then this interpreter."""
     found = []
     for folder in ("venv", ".venv", "../venv", "../.venv", "../python_embeded"):
         for exe in ("bin/python", "Scripts/python.exe", "python.exe"):
             if (comfy / folder / exe).is_file():
                 found.append((os.path.normpath(comfy / folder / exe), f"{folder}/ of the checkout", {}))
-    test_venv = comfy_env.ready_python()
-    if test_venv is not None:
-        found.append((test_venv, "the test venv of scripts/comfy_env.py", comfy_env.tree_env(comfy)))
+    comfy_venv = comfy_env.ready_python()
+    if comfy_venv is not None:
+        found.append((comfy_venv, "the pack's ComfyUI venv, scripts/comfy_env.py", comfy_env.tree_env(comfy)))
     found.append((sys.executable, "the interpreter running this script", {}))
     return found
 
 
-def choose_interpreter(comfy: Path, explicit: str | None = None, env: dict[str, str] | None = None) -> Interpreter:
-    """The first interpreter that can run the checkout: ``explicit`` (or $COMFYUI_PYTHON) alone when given, else the
-    first of ``candidates``. Raises NoInterpreter listing every one tried and why it was skipped."""
-    requirements = essential_requirements(comfy)
+def choose_interpreter(
+    comfy: Path,
+    explicit: str | None = None,
+    env: dict[str, str] | None = None,
+    also: tuple[str, ...] = (),
+    origin: str = "--python",
+) -> Interpreter:
+    """The first interpreter that can run the checkout (and import the distributions ``also`` names): ``explicit``
+    (described as ``origin``) or $COMFYUI_PYTHON alone when given, else the first of ``candidates``. Raises
+    NoInterpreter listing every one tried and why it was skipped."""
+    requirements = essential_requirements(comfy) + list(also)
     given = explicit or os.environ.get("COMFYUI_PYTHON")
-    origin = "--python" if explicit else "COMFYUI_PYTHON"
+    origin = origin if explicit else "COMFYUI_PYTHON"
     if given:
         tried = [(given, origin, comfy_env.tree_env(comfy) if given == comfy_env.ready_python() else {})]
     else:
@@ -161,5 +174,6 @@ def choose_interpreter(comfy: Path, explicit: str | None = None, env: dict[str, 
         f"no interpreter can run ComfyUI at {comfy}; tried:\n"
         + "\n".join(reasons)
         + f"\nInstall ComfyUI's requirements into one (pip install -r {comfy / 'requirements.txt'}) and pass it with"
-        " --python or COMFYUI_PYTHON, or build the pack's test venv: python scripts/comfy_env.py"
+        " --python or COMFYUI_PYTHON, or build the pack's ComfyUI venv: python scripts/comfy_env.py",
+        reasons,
     )

@@ -2,16 +2,20 @@
 
 The server is ``main.py`` of a checkout, run by a given interpreter with ``--base-directory`` (it writes only there)
 and an in-memory database; ``custom_nodes/`` of the base directory links to this repository. Its output goes to
-``<base>/comfyui.log``.
+``<base>/comfyui.log``. On Linux the server dies with the thread that started it, however that ends (``SIGKILL``
+included: ``PR_SET_PDEATHSIG``), so a runner killed by a supervisor or a closed terminal leaves no server computing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,7 +35,12 @@ class ServerFailed(RuntimeError):
 
 
 class PromptRejected(RuntimeError):
-    """ComfyUI refused the prompt (validation errors)."""
+    """ComfyUI refused the prompt (validation errors): ``answer`` is its JSON reply, the message one short line per
+    error (``rejection_lines``)."""
+
+    def __init__(self, answer: dict):
+        self.answer = answer
+        super().__init__("\n".join(rejection_lines(answer)))
 
 
 class WorkflowFailed(RuntimeError):
@@ -70,7 +79,13 @@ class ComfyServer:
         log.debug("starting %s", " ".join(cmd))
         with open(self.log_path, "w") as out:  # the child keeps its own handle
             self.process = subprocess.Popen(
-                cmd, cwd=self.comfy, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=self.comfy,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -132,7 +147,7 @@ class ComfyServer:
         PromptRejected with ComfyUI's validation errors."""
         answer = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})
         if "prompt_id" not in answer:
-            raise PromptRejected(json.dumps(answer, indent=1)[:4000])
+            raise PromptRejected(answer)
         return answer["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 600, on_poll: Callable[[], None] | None = None) -> dict:
@@ -167,6 +182,43 @@ class ComfyServer:
                 query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
                 files.append((image["filename"], self.get(f"/view?{query}")))
         return files
+
+
+def rejection_lines(answer: dict, count: int = 20, width: int = 240) -> list[str]:
+    """One line per validation error of ComfyUI's /prompt refusal (``node 6 PixArtSigmaSampler: Value smaller than
+    min: steps ...``), each cut to ``width`` characters (a refused list value's details hold the whole list), at most
+    ``count`` lines."""
+    lines = []
+    for node_id, entry in (answer.get("node_errors") or {}).items():
+        for error in entry.get("errors", []) if isinstance(entry, dict) else []:
+            lines.append(f"node {node_id} {entry.get('class_type')}: {error.get('message')}: {error.get('details')}")
+    error = answer.get("error")
+    if not lines:
+        lines.append(f"{error.get('message')}: {error.get('details')}" if isinstance(error, dict) else str(answer))
+    cut = [crop(line, width) for line in lines[:count]]
+    return cut + ([f"... and {len(lines) - count} more"] if len(lines) > count else [])
+
+
+def crop(text: object, width: int = 80) -> str:
+    """``text`` as one line of at most ``width`` characters (the end replaced by `` ...``)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 4] + " ..."
+
+
+def die_with_parent():
+    """A ``preexec_fn`` that has the child killed when the thread starting it ends (Linux ``PR_SET_PDEATHSIG``), or
+    None where that does not exist. A parent already gone before the call kills the child at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def error_message(entry: dict) -> str:

@@ -20,10 +20,10 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", version))
 
 
-def requirement_lines(comfy: Path, essential_only: bool = False) -> list[str]:
-    """The requirement lines of the checkout's ``requirements.txt`` (comments and pip options dropped); with
-    ``essential_only``, only those above its "non essential" comment."""
-    path = Path(comfy) / "requirements.txt"
+def requirement_lines(comfy: Path, essential_only: bool = False, name: str = "requirements.txt") -> list[str]:
+    """The requirement lines of the checkout's ``requirements.txt`` (or another file ``name`` in it; comments and pip
+    options such as ``-r`` dropped); with ``essential_only``, only those above its "non essential" comment."""
+    path = Path(comfy) / name
     lines = []
     for line in path.read_text().splitlines() if path.is_file() else []:
         line = line.strip()

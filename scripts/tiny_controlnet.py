@@ -8,13 +8,10 @@ and the diffusers research-project adapter layout (``controlnet_blocks.{i}.*``).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
+from pixart.checkpoints.keymap import official_to_diffusers
 
 
 def controlnet_state_dict(
@@ -50,9 +47,6 @@ def controlnet_state_dict(
 
 def adapter_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     """The same ControlNet in the diffusers research-project layout (``PixArtControlNetAdapterModel``)."""
-    sys.path.insert(0, str(ROOT))
-    from pixart.checkpoints.keymap import official_to_diffusers
-
     out: dict[str, Tensor] = {}
     blocks: dict[str, Tensor] = {}
     for key, tensor in official.items():

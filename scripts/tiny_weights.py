@@ -13,8 +13,8 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
 - VAE (VAELoader): a tiny autoencoder in the TAESD layout, which ComfyUI's VAELoader recognises from its keys.
 - PixArt ControlNet (PixArtSigmaControlNetLoader): one copy of a tiny DiT's block (scripts/tiny_controlnet.py); the
   DiT files of such a workflow get 2 blocks, since a ControlNet's residual goes to block 1.
-- Control image (LoadImage): a 512 px PNG with a few shapes (edges for Canny), in the ``input`` folder beside
-  MODELS_DIR (ComfyUI's input folder under the runner's --base-directory).
+- Control image (LoadImage): a 512 px PNG with a few shapes (edges for Canny), in ``input/`` beside MODELS_DIR
+  (ComfyUI's input folder under the same --base-directory).
 
 Usage: python scripts/tiny_weights.py MODELS_DIR WORKFLOW_API.json [...]
 """
@@ -25,15 +25,21 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from safetensors.torch import save_file
 
+import pixart
+from pixart.errors import PixArtError, short
+from scripts.model_files import ModelFile, model_files
+from scripts.tiny_controlnet import tiny_controlnet
+
 log = logging.getLogger("tiny_weights")
-ROOT = Path(__file__).resolve().parents[1]
 T5 = {"d_model": 4096, "layers": 1, "heads": 2, "d_kv": 16, "d_ff": 64, "vocab": 32128, "buckets": 32}
-INPUT_FOLDER = "../input"  # ComfyUI's input folder, relative to MODELS_DIR (both under the --base-directory)
 XXL_FF_KEY = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"  # (10240, 4096) tells ComfyUI "T5-XXL"
 
 
@@ -45,9 +51,6 @@ def _rand(*shape: int, scale: float | None = None, generator=None) -> torch.Tens
 def dit_state_dict(variant: str, depth: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     """A PixArt state dict with official keys: the ``variant`` preset with ``depth`` blocks, random weights, plus the
     null caption ``y_embedder.y_embedding`` that official files carry."""
-    sys.path.insert(0, str(ROOT))
-    import pixart
-
     config = pixart.VARIANTS[variant].replace(depth=depth)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -138,26 +141,55 @@ def dit_variant(name: str, variant: str) -> str:
     return "alpha-512" if "512" in lower else "alpha-1024"
 
 
-def needed_files(prompt: dict) -> list[tuple[str, str, str]]:
-    """(models sub-folder, file name, what) for every model file the API-format ``prompt`` loads."""
-    files = []
-    for node in prompt.values():
-        kind, inputs = node.get("class_type"), node.get("inputs", {})
-        if kind == "PixArtSigmaDiTLoader":
-            files.append(("diffusion_models", inputs["ckpt_name"], dit_variant(inputs["ckpt_name"], inputs["variant"])))
-        elif kind == "UNETLoader":
-            files.append(("diffusion_models", inputs["unet_name"], dit_variant(inputs["unet_name"], "auto")))
-        elif kind == "PixArtSigmaT5Loader":
-            files.append(("text_encoders", inputs["t5_name"], "t5"))
-        elif kind == "CLIPLoader":
-            files.append(("text_encoders", inputs["clip_name"], "comfy-t5xxl"))
-        elif kind == "PixArtSigmaControlNetLoader":
-            files.append(("controlnet", inputs["control_net_name"], "controlnet"))
-        elif kind == "LoadImage":
-            files.append((INPUT_FOLDER, inputs["image"], "image"))
-        elif kind == "VAELoader":
-            files.append(("vae", inputs["vae_name"], "vae-sdxl" if "xl" in inputs["vae_name"].lower() else "vae-sd15"))
-    return files
+def _kind(file: ModelFile) -> str:
+    """What to write for ``file``: a DiT preset name, "t5", "comfy-t5xxl", "controlnet", "vae-sdxl" or "vae-sd15"."""
+    if file.class_type == "PixArtSigmaDiTLoader":
+        variant = file.inputs.get("variant")
+        if variant != "auto" and variant not in pixart.VARIANTS:
+            raise PixArtError(
+                f"node {file.node_id} {file.class_type}, variant: expected 'auto' or one of "
+                f"{sorted(pixart.VARIANTS)}, found {short(repr(variant))}"
+            )
+        return dit_variant(file.name, variant)
+    if file.class_type == "UNETLoader":
+        return dit_variant(file.name, "auto")
+    if file.class_type == "PixArtSigmaT5Loader":
+        return "t5"
+    if file.class_type == "CLIPLoader":
+        return "comfy-t5xxl"
+    if file.class_type == "PixArtSigmaControlNetLoader":
+        return "controlnet"
+    return "vae-sdxl" if "xl" in file.name.lower() else "vae-sd15"
+
+
+def model_path(models_dir: str | Path, file: ModelFile) -> Path:
+    """Where the stand-in for ``file`` goes: ``models_dir/<sub-folder>/<name>``. The one guard of this writer: a name
+    that is not a relative path staying inside its sub-folder (absolute, ``..``, a link leading out) is refused."""
+    folder = Path(models_dir) / file.folder
+    name = file.name
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise PixArtError(f"{file.where()}: expected a model file name, found {short(repr(name))}")
+    parts = name.replace("\\", "/").split("/")
+    path = folder / name
+    inside = not (PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive or PureWindowsPath(name).root)
+    inside = inside and ".." not in parts and path.resolve().is_relative_to(folder.resolve())
+    if not inside:
+        raise PixArtError(
+            f"{file.where()}: {short(name)!r} is not a name inside {folder} (an absolute path, '..' or a link "
+            "leading out of it); tiny stand-ins are only written inside the models folder"
+        )
+    return path
+
+
+def control_images(models_dir: str | Path, prompt: dict) -> list[Path]:
+    """Where the images the prompt's LoadImage nodes name go: ``input/`` beside ``models_dir`` (checked as
+    ``model_path`` checks model names)."""
+    base = Path(models_dir).parent
+    return [
+        model_path(base, ModelFile(str(node_id), "LoadImage", "image", node["inputs"].get("image"), "input"))
+        for node_id, node in prompt.items()
+        if isinstance(node, dict) and node.get("class_type") == "LoadImage" and isinstance(node.get("inputs"), dict)
+    ]
 
 
 def write_control_image(path: Path) -> None:
@@ -179,21 +211,25 @@ def write(path: Path, state: dict[str, torch.Tensor]) -> None:
     elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         torch.save(state, path)
     else:
-        raise ValueError(f"{path}: cannot write a tiny stand-in of type {path.suffix!r} (use .safetensors or .pth)")
+        raise PixArtError(f"{path}: cannot write a tiny stand-in of type {path.suffix!r} (use .safetensors or .pth)")
 
 
 def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool = False) -> list[Path]:
-    """Write every file the prompts load under ``models_dir`` (skipping existing ones unless ``force``)."""
+    """Write every file the prompts load under ``models_dir`` (skipping existing ones unless ``force``). Every name is
+    checked (``model_path``) before anything is written."""
+    wanted = {}
+    for prompt in prompts:
+        for file in model_files(prompt):
+            wanted.setdefault(model_path(models_dir, file), (_kind(file), file.where()))
+    images = [path for prompt in prompts for path in control_images(models_dir, prompt)]
+    depth = 2 if any(what == "controlnet" for what, _ in wanted.values()) else 1  # a ControlNet feeds block 1
     written = []
-    needed = dict.fromkeys(f for p in prompts for f in needed_files(p))
-    depth = 2 if any(what == "controlnet" for _, _, what in needed) else 1  # a ControlNet feeds block 1
-    for folder, name, what in needed:
-        path = Path(models_dir) / folder / name
-        if path.exists() and not force:
-            continue
-        if what == "image":
+    for path in dict.fromkeys(images):
+        if force or not path.exists():
             write_control_image(path)
             written.append(path)
+    for path, (what, where) in wanted.items():
+        if path.exists() and not force:
             continue
         if what == "t5":
             state = t5_state_dict()
@@ -202,19 +238,19 @@ def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool =
         elif what.startswith("vae-"):
             state = vae_state_dict(0.13025 if what == "vae-sdxl" else 0.18215)
         elif what == "controlnet":
-            sys.path.insert(0, str(ROOT))
-            from scripts.tiny_controlnet import tiny_controlnet
-
             state = tiny_controlnet(dit_state_dict("sigma-1024", depth=2))
         else:
             state = dit_state_dict(what, depth=depth)
-        write(path, state)
+        try:
+            write(path, state)
+        except PixArtError as e:
+            raise PixArtError(f"{where}: {e}") from e
         log.info("wrote tiny %s: %s", what, path)
         written.append(path)
     return written
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models_dir", help="ComfyUI models folder to write into")
     parser.add_argument("workflows", nargs="+", help="API-format workflow files naming the models")
@@ -222,8 +258,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prompts = [json.loads(Path(w).read_text()) for w in args.workflows]
-    write_tiny_models(args.models_dir, prompts, args.force)
+    try:
+        write_tiny_models(args.models_dir, prompts, args.force)
+    except PixArtError as e:
+        print(f"tiny_weights: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,6 @@ and our transformer with the same weights, prompt embeddings, noise and DPM-Solv
 from __future__ import annotations
 
 import torch
-from dit_fixtures import official_state_dict, reference_model, tiny_config
 
 from pixart import PixArtTransformer
 from pixart.caches import GuidedDenoiser, StepCache
@@ -27,15 +26,6 @@ def dpm_solver():
         lower_order_final=True,
         prediction_type="epsilon",
     )
-
-
-def models(depth: int, seed: int = 0):
-    """A fresh reference (tgate and cache-dit patch it for good) and our transformer with its weights."""
-    config = tiny_config(depth=depth)
-    reference = reference_model(config, seed)
-    ours = PixArtTransformer(config).eval()
-    ours.load_state_dict(official_state_dict(reference, config, training_extras=False))
-    return reference, ours
 
 
 def reference_pipeline(reference):

@@ -132,17 +132,15 @@ def check_skip_layer_guidance(s: Setup) -> None:
     without block 0) computed with ``pixart``; with no layers it is the plain run."""
     import comfy_extras.nodes_slg as slg
 
+    import pixart
+
     torch = s.torch
-    kv = ("avgpool", 2, None)
-    model = s.model(kv)
+    model = s.model(pixart.KVCompress("avgpool", 2))
     model.model.diffusion_model.token_chunk = 100
     guided = node_result(
         slg.SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, double_layers="0", single_layers="", rescaling_scale=0)
     )
     got = s.sample(guided, steps=1)  # one Euler step from sigma_max: the result is the guided denoised latent
-
-    import pixart
-
     ref = s.reference(pixart.KVCompress("avgpool", 2, None))
     sampling = model.get_model_object("model_sampling")
     sigma = sampling.sigma_max
@@ -293,7 +291,7 @@ def check_attention_backends(s: Setup) -> None:
             assert_close(got, sdpa_attention(q, k, v, b), f"attention_{name}, mask {b is not None}")
     kv = pixart.KVCompress("avgpool", 2, None)
     ref = s.reference(kv)
-    dit = s.model(("avgpool", 2, None)).model.diffusion_model
+    dit = s.model(kv).model.diffusion_model
     captions = torch.cat([torch.cat([s.pos, torch.zeros(1, 291, 4096)], 1)] * 2)
     masks = (torch.arange(300)[None] < torch.tensor([[9], [4]])).float()
     x, t = torch.cat([s.noise, -s.noise]), torch.tensor([500.0, 300.0])

@@ -188,3 +188,112 @@ WRITERS = {
         *_state_and_scales(m), d / "official_us.safetensors", underscore=True
     ),
 }
+
+
+# LyCORIS / DoRA / ComfyUI-trained files, built from a model's official state dict, and the formulas they mean ------
+
+# Modules the synthetic files update, by the names each trainer writes: diffusers names (split q / k / v, k / v:
+# fused row blocks here) or official ones (whole fused weights).
+DIFFUSERS_MODULES = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn1.to_v",
+                     "transformer_blocks.0.attn2.to_k", "transformer_blocks.1.ff.net.0.proj", "proj_out",
+                     "adaln_single.linear"]  # fmt: skip
+OFFICIAL_MODULES = ["blocks.0.attn.qkv", "blocks.1.cross_attn.kv_linear", "blocks.0.mlp.fc2", "final_layer.linear",
+                    "t_block.1", "y_embedder.y_proj.fc1"]  # fmt: skip
+NAMINGS = {  # naming -> (modules, module name as the file spells it)
+    "simpletuner-lycoris": (DIFFUSERS_MODULES, lambda m: "lycoris_" + m.replace(".", "_")),
+    "onetrainer": (DIFFUSERS_MODULES, lambda m: "lora_transformer_" + m.replace(".", "_")),
+    "diffusers": (DIFFUSERS_MODULES, lambda m: "transformer." + m),
+    "kohya-lycoris": (OFFICIAL_MODULES, lambda m: "lora_unet_" + m.replace(".", "_")),
+    "comfyui": (OFFICIAL_MODULES, lambda m: "diffusion_model." + m),
+}
+KINDS = ("loha", "lokr", "dora", "oft", "lora-bias")
+
+
+def module_rows(official: dict, module: str) -> tuple[str, int, int, int, int]:
+    """(official module, chunk, chunks, rows of the chunk, inputs) of a diffusers or official module name."""
+    target = diffusers_module_target(module)
+    name, chunk, chunks = (target.module, target.chunk, target.chunks) if target else (module, 0, 1)
+    weight = official[f"{name}.weight"]
+    return name, chunk, chunks, weight.shape[0] // chunks, weight[0].numel()
+
+
+def synthetic_parts(kind: str, rows: int, width: int, base_rows: torch.Tensor, g) -> dict[str, torch.Tensor]:
+    """Seeded parts of one module's update of ``kind`` (``KINDS``), ComfyUI / LyCORIS part names; ``base_rows``:
+    the weight rows it updates, for a DoRA scale near their column norms."""
+
+    def rand(*shape, std=0.1):
+        return torch.randn(shape, generator=g) * std
+
+    if kind == "loha":
+        return {"hada_w1_a": rand(rows, 2), "hada_w1_b": rand(2, width), "hada_w2_a": rand(rows, 2),
+                "hada_w2_b": rand(2, width), "alpha": torch.tensor(1.5)}  # fmt: skip
+    if kind == "lokr":  # w1 whole (2, 2), w2 as two rank-3 factors: LyCORIS's layout for wide layers
+        return {"lokr_w1": rand(2, 2, std=1.0), "lokr_w2_a": rand(rows // 2, 3), "lokr_w2_b": rand(3, width // 2),
+                "alpha": torch.tensor(2.0)}  # fmt: skip
+    if kind == "dora":  # kohya / LyCORIS DoRA: one magnitude per input column
+        scale = base_rows.reshape(rows, -1).norm(dim=0, keepdim=True) * (1 + rand(1, width))
+        return {"lora_down.weight": rand(4, width), "lora_up.weight": rand(rows, 4), "alpha": torch.tensor(2.0),
+                "dora_scale": scale}  # fmt: skip
+    if kind == "oft":
+        return {"oft_blocks": rand(rows // 4, 4, 4), "alpha": torch.tensor(0.0)}
+    if kind == "lora-bias":  # ComfyUI's TrainLoraNode: LoRA + a trained bias difference per layer
+        return {"lora_down.weight": rand(4, width), "lora_up.weight": rand(rows, 4), "alpha": torch.tensor(1.0),
+                "diff_b": rand(rows)}  # fmt: skip
+    raise ValueError(kind)
+
+
+def synthetic_file(official: dict, kind: str, naming: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """{key: tensor} of a ``kind`` file in ``naming`` (``NAMINGS``) for the model of ``official``."""
+    modules, spell = NAMINGS[naming]
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for module in modules:
+        name, chunk, _, rows, width = module_rows(official, module)
+        base_rows = official[f"{name}.weight"][chunk * rows : (chunk + 1) * rows]
+        parts = synthetic_parts(kind, rows, width, base_rows, g)
+        out.update({f"{spell(module)}.{part}": tensor for part, tensor in parts.items()})
+    return out
+
+
+def formula_update(kind: str, weight: torch.Tensor, parts: dict, strength: float) -> torch.Tensor:
+    """The weight rows ``weight`` (rows, ...) after an update of ``kind`` at ``strength``, from the formulas (fp32):
+    LoHa ``(w1a w1b) * (w2a w2b) alpha / r``; LoKr ``kron(w1, w2_a w2_b) alpha / r2``; DoRA (per input)
+    ``(W + dW) m / ||W + dW||_col``; OFT ``W + strength^2 (R^T - I) W`` per block (ComfyUI's strength), with
+    ``R = (I + Q)(I - Q)^-1``, ``Q = B - B^T``."""
+    w = weight.float().reshape(weight.shape[0], -1)
+    p = {k: v.float() for k, v in parts.items()}
+    if kind == "loha":
+        delta = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"]) * p["alpha"] / 2
+    elif kind == "lokr":
+        delta = torch.kron(p["lokr_w1"], p["lokr_w2_a"] @ p["lokr_w2_b"]) * p["alpha"] / 3
+    elif kind in ("dora", "lora-bias"):
+        delta = p["lora_up.weight"] @ p["lora_down.weight"] * p["alpha"] / 4
+        if kind == "dora":
+            updated = w + delta
+            delta = updated * (p["dora_scale"] / updated.norm(dim=0, keepdim=True)) - w
+    elif kind == "oft":
+        blocks = p["oft_blocks"]
+        eye = torch.eye(blocks.shape[1])
+        q = blocks - blocks.transpose(1, 2)
+        rotation = (eye + q) @ torch.linalg.inv(eye - q)
+        blocked = w.reshape(blocks.shape[0], blocks.shape[1], -1)
+        # ComfyUI scales the rotation's difference by the strength twice (comfy/weight_adapter/oft.py, both trees)
+        delta = strength * (torch.einsum("knm,knw->kmw", rotation, blocked) - blocked).reshape(w.shape)
+    else:
+        raise ValueError(kind)
+    return (w + strength * delta).reshape(weight.shape)
+
+
+def formula_state(official: dict, tensors: dict, kind: str, naming: str, strength: float) -> dict[str, torch.Tensor]:
+    """``official`` with the synthetic file ``tensors`` (``synthetic_file``) applied by the formulas, fp32."""
+    modules, spell = NAMINGS[naming]
+    out = {k: v.float().clone() for k, v in official.items()}
+    for module in modules:
+        name, chunk, _, rows, _ = module_rows(official, module)
+        prefix = spell(module) + "."
+        parts = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        span = slice(chunk * rows, (chunk + 1) * rows)
+        out[f"{name}.weight"][span] = formula_update(kind, out[f"{name}.weight"][span], parts, strength)
+        if "diff_b" in parts:
+            out[f"{name}.bias"][span] += strength * parts["diff_b"].float()
+    return out

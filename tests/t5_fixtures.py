@@ -12,6 +12,7 @@ import io
 import random
 from pathlib import Path
 
+import pytest
 import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
@@ -200,3 +201,24 @@ def reference_encode(
     with torch.no_grad():
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     return hidden.float(), batch["attention_mask"]
+
+
+PROMPTS = ["A small Cat on the MOUNTAIN at sunset, oil painting", "dog"]
+LONG_PROMPT = " ".join(["golden castle in the fog"] * 12)
+HAS_FP8 = hasattr(torch, "float8_e4m3fn")
+needs_fp8 = pytest.mark.skipif(not HAS_FP8, reason="this torch has no float8 dtypes")
+
+
+def single_file(tmp_path: Path, model: T5EncoderModel, **layout) -> Path:
+    """``model``'s encoder weights as one ``t5.safetensors`` in ``tmp_path`` (layout: see ``write_single_file``)."""
+    return write_single_file(tmp_path / "t5.safetensors", encoder_state(model), **layout)
+
+
+def assert_matches(encoder, reference, tokenizer, prompts=PROMPTS, max_length=32, atol=1e-6):
+    """Our encode (a ``T5PromptEncoder``) equals transformers' direct forward of ``reference`` on the same tokens."""
+    hidden, mask = encoder.encode(prompts, max_length=max_length)
+    ref_hidden, ref_mask = reference_encode(reference, tokenizer, prompts, max_length)
+    assert hidden.shape == (len(prompts), max_length, encoder.hidden_size)
+    assert hidden.dtype == torch.float32 and mask.dtype == torch.int64
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(hidden, ref_hidden, atol=atol, rtol=0)

@@ -92,3 +92,55 @@ def test_an_exception_in_a_hook_stops_the_forward(model):
     with torch.no_grad(), pytest.raises(InterruptedError):
         model(x, t, y, mask, block_hooks=[cancel_at_2])
     assert ran == [0, 1]
+
+
+@pytest.mark.parametrize("chunk", [None, 5], ids=["whole", "token-chunked"])
+def test_a_hook_may_keep_its_input_and_the_block_output_without_cloning(model, chunk):
+    """The block never changes the tokens it is given: kept inputs and outputs stay what they were."""
+    model.token_chunk = chunk
+    x, t, y, mask = inputs(model.config, 8, 10)
+    kept, copies = [], []
+
+    def keep(index, tokens, shared, run):
+        out = run(tokens)
+        kept.append((tokens, out))
+        copies.append((tokens.clone(), out.clone()))
+        return out
+
+    with torch.no_grad():
+        hooked = model(x, t, y, mask, block_hooks=[keep])
+        assert torch.equal(hooked, model(x, t, y, mask))
+    for (tokens, out), (tokens_then, out_then) in zip(kept, copies, strict=True):
+        assert torch.equal(tokens, tokens_then) and torch.equal(out, out_then)
+    for (_, out), (following, _) in zip(kept, kept[1:], strict=False):
+        assert following is out  # the next block got this output itself, and did not change it
+
+
+def test_a_hook_may_run_the_block_on_other_inputs(model):
+    """``run(x, inputs)`` runs the block (and the hooks inside) on other shared inputs, as ComfyUI's block
+    replacements' ``original_block`` does with the ``txt`` and ``vec`` it is given."""
+    x, t, y, mask = inputs(model.config, 8, 8)
+    seen = []
+
+    def zero_caption_on_1(index, tokens, shared, run):
+        return run(tokens, shared._replace(y=torch.zeros_like(shared.y))) if index == 1 else run(tokens)
+
+    def inner(index, tokens, shared, run):
+        seen.append(bool(shared.y.any()))
+        return run(tokens)
+
+    with torch.no_grad():
+        got = model(x, t, y, mask, block_hooks=[zero_caption_on_1, inner])
+        b, _, height, width = x.shape
+        grid = (height // 2, width // 2)
+        temb = model._embed_timestep(t, x, None, None)
+        tokens = model.x_embedder(x) + model.pos_embed(*grid, x.device, x.dtype)
+        t0 = model.t_block(temb)
+        caption, bias = model._caption_bias(y, mask)
+        caption = model.y_embedder(caption)
+        for index, block in enumerate(model.blocks):
+            tokens = block(tokens, torch.zeros_like(caption) if index == 1 else caption, t0, grid, bias, None)
+        expected = model.final_layer(tokens, temb).view(b, *grid, 2, 2, model.config.out_channels)
+        expected = torch.einsum("bhwpqc->bchpwq", expected).reshape(b, -1, height, width)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert seen == [True, False, True]

@@ -2,26 +2,26 @@
 PixArt-Sigma models with the same weights, prompt embeddings, noise and DPM-Solver++ schedule."""
 
 import logging
+from functools import partial
 
 import pytest
 import torch
-from cache_fixtures import models, pipeline_kwargs, prompts, reference_pipeline, sample
+from cache_fixtures import pipeline_kwargs, prompts, reference_pipeline, sample
 from dit_fixtures import inputs, max_rel_error, tiny_config
 
 from pixart import KVCompress, PixArtTransformer
-from pixart.attention import AttentionReuse
 from pixart.caches import DBCache, DBCacheConfig, TGate, TGateConfig, step_plan
 
 TOL = 1e-4
 STEPS = 10
 
 
-def _tgate_reference(depth, p, config: TGateConfig, monkeypatch):
+def _tgate_reference(tiny_models, depth, p, config: TGateConfig, monkeypatch):
     """tgate's latents, the (cross, self, keep_shape) settings it registered per step and each call's batch."""
     tgate = pytest.importorskip("tgate")
     import tgate.PixArt_Sigma as tgate_sigma
 
-    reference, ours = models(depth)
+    _, reference, ours = tiny_models(depth=depth)
     registered, batches = [], []
     original = tgate_sigma.register_forward
 
@@ -53,9 +53,9 @@ def _as_plan(ca, sa, keep_shape):
     ],
     ids=["defaults-gate5", "sp3-fi2", "gate2-most-reused"],
 )
-def test_tgate_equals_reference(config, monkeypatch):
+def test_tgate_equals_reference(config, monkeypatch, tiny_models):
     p = prompts()
-    expected, registered, batches, ours = _tgate_reference(3, p, config, monkeypatch)
+    expected, registered, batches, ours = _tgate_reference(tiny_models, 3, p, config, monkeypatch)
     assert [_as_plan(*r) for r in registered] == [
         (s.cross, s.self_, s.mean_of_halves) for s in (step_plan(config, i) for i in range(STEPS))
     ]
@@ -68,18 +68,18 @@ def test_tgate_equals_reference(config, monkeypatch):
     ]
 
 
-def test_tgate_disabled_equals_uncached():
+def test_tgate_disabled_equals_uncached(tiny_models):
     """gate_step = steps with self-attention recomputed every step (sp_interval 1) is the uncached model, exactly."""
     p = prompts()
-    _, ours = models(3)
+    *_, ours = tiny_models(depth=3)
     cache = TGate(TGateConfig(gate_step=STEPS, sp_interval=1))
     assert torch.equal(sample(ours, p, STEPS, cache), sample(ours, p, STEPS))
     assert cache.stats.reused_steps == []
 
 
-def _cache_dit_reference(depth, p, config: DBCacheConfig):
+def _cache_dit_reference(tiny_models, depth, p, config: DBCacheConfig):
     cache_dit = pytest.importorskip("cache_dit")
-    reference, ours = models(depth)
+    _, reference, ours = tiny_models(depth=depth)
     pipe = reference_pipeline(reference)
     names = [f.name for f in config.__dataclass_fields__.values()]
     cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(**{n: getattr(config, n) for n in names}))
@@ -122,9 +122,9 @@ DBCACHE_SETTINGS = [
 @pytest.mark.parametrize(
     "config", DBCACHE_SETTINGS, ids=["F1B0-r0.37", "F1B1-r0.5", "F1B0-always-mc3", "F2B1-i2-m6", "F1B0-acc1"]
 )
-def test_dbcache_equals_cache_dit(config):
+def test_dbcache_equals_cache_dit(config, tiny_models):
     p = prompts()
-    expected, stats, ours = _cache_dit_reference(4, p, config)
+    expected, stats, ours = _cache_dit_reference(tiny_models, 4, p, config)
     cache = DBCache(config)
     got = sample(ours, p, STEPS, cache)
     assert cache.stats.reused_steps == stats.cached_steps
@@ -137,9 +137,9 @@ def test_dbcache_equals_cache_dit(config):
     assert cache.stats.blocks_computed == 4 * STEPS - middle * len(stats.cached_steps)
 
 
-def test_dbcache_threshold_zero_equals_uncached():
+def test_dbcache_threshold_zero_equals_uncached(tiny_models):
     p = prompts()
-    _, ours = models(4)
+    *_, ours = tiny_models(depth=4)
     cache = DBCache(DBCacheConfig(Fn_compute_blocks=1, residual_diff_threshold=0.0, max_warmup_steps=0))
     assert torch.equal(sample(ours, p, STEPS, cache), sample(ours, p, STEPS))
     assert cache.stats.reused_steps == [] and cache.stats.blocks_computed == 4 * STEPS
@@ -148,8 +148,8 @@ def test_dbcache_threshold_zero_equals_uncached():
 @pytest.mark.parametrize(
     "make", [lambda: TGate(TGateConfig(gate_step=3)), lambda: DBCache(DBCacheConfig(1, 0, 1.0, 2))]
 )
-def test_state_resets_between_generations(make):
-    p, (_, ours) = prompts(), models(3)
+def test_state_resets_between_generations(make, tiny_models):
+    p, (*_, ours) = prompts(), tiny_models(depth=3)
     cache = make()
     first = sample(ours, p, STEPS, cache)
     stats = cache.stats
@@ -178,30 +178,49 @@ def test_bad_settings_are_named():
         cache.forward_kwargs(4)
 
 
-# The attention-reuse path of the model itself: off changes nothing, kept outputs fed back reproduce the call.
+# The attention hooks of the blocks themselves: computing changes nothing, kept outputs fed back reproduce the call.
+
+
+def _attention_hooks(attend):
+    """Block hooks that hand block ``index`` the attention hook ``attend(index, kind, rows, compute)``."""
+
+    def hook(index, x, inputs, run):
+        return run(x, inputs._replace(attention=partial(attend, index)))
+
+    return [hook]
 
 
 @pytest.mark.parametrize("chunk", [None, 5], ids=["whole", "token-chunked"])
 @pytest.mark.parametrize("kv", [None, KVCompress("avgpool", 2)], ids=["plain", "kv-compressed"])
-def test_attention_reuse_off_and_round_trip_are_exact(chunk, kv):
+def test_attention_hooks_off_and_round_trip_are_exact(chunk, kv):
     torch.manual_seed(0)
     model = PixArtTransformer(tiny_config(depth=3), kv_compress=kv, token_chunk=chunk).eval()
     x, t, y, mask = inputs(model.config, 8, 10, batch=3)  # a different caption length per sample
+    kept = {}
+
+    def keep(index, kind, rows, compute):
+        out = compute()
+        kept.setdefault((index, kind), out.new_empty(rows.shape))[rows.index] = out
+        return out
+
+    def given(index, kind, rows, compute):
+        return kept[(index, kind)][rows.index]
+
     with torch.no_grad():
         plain = model(x, t, y, mask)
-        assert torch.equal(model(x, t, y, mask, attention_reuse=[AttentionReuse(), None, AttentionReuse()]), plain)
-        kept = [AttentionReuse(keep_self=True, keep_cross=True) for _ in range(3)]
-        assert torch.equal(model(x, t, y, mask, attention_reuse=kept), plain)
-        assert all(r.self_out.shape == r.cross_out.shape == (3, 20, 96) for r in kept)
-        given = [AttentionReuse(self_out=r.self_out, cross_out=r.cross_out) for r in kept]
-        assert torch.equal(model(x, t, y, mask, attention_reuse=given), plain)
+        computed = model(x, t, y, mask, block_hooks=_attention_hooks(lambda index, kind, rows, compute: compute()))
+        assert torch.equal(computed, plain)
+        assert torch.equal(model(x, t, y, mask, block_hooks=_attention_hooks(keep)), plain)
+        assert sorted(kept) == [(i, kind) for i in range(3) for kind in ("cross", "self")]
+        assert all(out.shape == (3, 20, 96) for out in kept.values())
+        assert torch.equal(model(x, t, y, mask, block_hooks=_attention_hooks(given)), plain)
         other = torch.randn_like(y)  # the caption no longer matters once cross-attention is supplied
-        assert torch.equal(model(x, t, other, mask, attention_reuse=given), plain)
+        assert torch.equal(model(x, t, other, mask, block_hooks=_attention_hooks(given)), plain)
 
 
-def test_tgate_token_chunks_agree_with_whole_sequence():
+def test_tgate_token_chunks_agree_with_whole_sequence(tiny_models):
     p = prompts()
-    _, ours = models(3)
+    *_, ours = tiny_models(depth=3)
     config = TGateConfig(gate_step=4, sp_interval=2)
     ours.token_chunk = None
     whole = sample(ours, p, STEPS, TGate(config))
@@ -209,11 +228,13 @@ def test_tgate_token_chunks_agree_with_whole_sequence():
     assert max_rel_error(sample(ours, p, STEPS, TGate(config)), whole) <= 1e-5
 
 
-def test_attention_reuse_needs_one_entry_per_block():
+def test_tgate_hook_needs_a_forward_prepared_for_every_block():
     model = PixArtTransformer(tiny_config(depth=2)).eval()
     x, t, y, mask = inputs(model.config, 8, 8)
-    with torch.no_grad(), pytest.raises(ValueError, match="one entry per block"):
-        model(x, t, y, mask, attention_reuse=[None])
+    cache = TGate(TGateConfig())
+    cache.begin_step(0)
+    with torch.no_grad(), pytest.raises(ValueError, match="block 1 of a forward prepared for 1 blocks"):
+        model(x, t, y, mask, **cache.forward_kwargs(1))
 
 
 @pytest.fixture(autouse=True)

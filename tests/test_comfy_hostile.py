@@ -29,6 +29,7 @@ from comfy_host import error_message, find_comfy, start_server, tiny_weights
 from safetensors.torch import load_file, save_file
 
 from pixart import VARIANTS
+from pixart.memory import sampling_memory
 from pixart.model import CPU_TOKEN_CHUNK
 
 pytestmark = pytest.mark.comfy
@@ -219,7 +220,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(host):
 
     def sampling_need(batch: int) -> int:
         shape = (batch, 4, side // 8, side // 8)
-        return memory.sampling_memory(config, shape, 4.5, 2, None, CPU_TOKEN_CHUNK).total
+        return sampling_memory(config, shape, 4.5, 2, None, CPU_TOKEN_CHUNK).total
 
     sampler_batch = next(b for b in range(1, 4097) if sampling_need(b) > 2 * free)
     if memory.image_bytes(sampler_batch, side, side) > free / 2:

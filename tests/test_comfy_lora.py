@@ -3,17 +3,22 @@ VAE decode, headless, on tiny random weights (scripts/tiny_weights.py).
 
 The LoRA's effect is checked against the same workflow run on a DiT file with the LoRA merged in by
 ``pixart.lora.merge_lora`` (itself checked against PEFT in tests/test_lora.py): same latent up to fp32 rounding.
-Run: ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest -m comfy tests/test_comfy_lora.py``.
+In-process checks (tests/comfy_lora_inprocess.py, one process of ComfyUI's interpreter each): files trained by the
+tree's own TrainLoraNode (LoRA, LoHa, LoKr, OFT) equal ComfyUI's LoraModelLoader on the trained result and differ
+without their bias updates; synthetic LyCORIS / DoRA / PEFT files equal the formulas' merged weights.
+Run: ``COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/python python -m pytest -m comfy
+tests/test_comfy_lora.py``.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
-from comfy_host import error_message, example_prompts, find_comfy, nodes_of, start_server, tiny_weights
-from lora_fixtures import random_lora, write_adapter_folder, write_kohya, write_official_keys
+from comfy_host import error_message, example_prompts, find_comfy, nodes_of, run_inprocess, start_server, tiny_weights
+from lora_fixtures import KINDS, random_lora, write_adapter_folder, write_kohya, write_official_keys
 from safetensors.torch import load_file
 
 from pixart import VARIANTS, PixArtTransformer
@@ -23,6 +28,9 @@ pytestmark = pytest.mark.comfy
 COMFY, WHY = find_comfy()
 BASE_PROMPT = "pixart_sigma_stock_ksampler"  # DiT loader -> KSampler -> VAE decode -> SaveImage
 TOL = 1e-4  # patched weights vs a pre-merged file: both fp32, rounding differs in the last bits only
+SCRIPT = Path(__file__).resolve().parent / "comfy_lora_inprocess.py"
+TRAINED = ["LoRA", "LoHa", "LoKr", "OFT"]  # TrainLoraNode's algorithms in 0.3.64 and 0.33 (weight_adapter.adapter_maps)
+INPROCESS = [f"trained-{a}" for a in TRAINED] + [f"synthetic-{k}" for k in KINDS] + ["peft-lora_bias", "peft-use_dora"]
 
 
 def merged_name(tag: str) -> str:
@@ -170,3 +178,10 @@ def test_works_on_comfyui_builtin_pixart(host):
     want, _ = run_latent(host, lora_prompt([], dit=merged_name("a1"), builtin=True))
     base, _ = run_latent(host, lora_prompt([], builtin=True))
     assert rel_err(got, want) < TOL and rel_err(got, base) > 1e-3
+
+
+@pytest.mark.parametrize("check", INPROCESS)
+def test_trained_and_lycoris_files_through_comfyui(check, tmp_path):
+    if COMFY is None:
+        pytest.skip(WHY)
+    run_inprocess(SCRIPT, COMFY, tmp_path, [check])

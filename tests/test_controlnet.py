@@ -206,3 +206,19 @@ def test_a_controlnet_that_does_not_fit_the_base_is_refused():
     small = _hint(base, x)[..., :4]
     with pytest.raises(ValueError, match=r"hint latent \(2, 4, 8, 4\): expected \(B, 4, 8, 8\)"):
         base(x, t, y, mask, block_hooks=[control_hook(_controlnet(base), base, small)])
+
+
+def test_the_control_hook_leaves_the_tokens_of_outer_hooks_alone():
+    """Step caches keep the tokens they pass inwards (no copy): adding the residuals must not change them."""
+    base = _base(False)
+    controlnet = _controlnet(base)
+    x, t, y, mask = inputs(base.config, 8, 8)
+    kept = {}
+
+    def keep(index, tokens, shared, run):
+        kept[index] = (tokens, tokens.clone())
+        return run(tokens)
+
+    with torch.no_grad():
+        base(x, t, y, mask, block_hooks=[keep, control_hook(controlnet, base, _hint(base, x))])
+    assert all(torch.equal(tokens, copy) for tokens, copy in kept.values())

@@ -7,7 +7,7 @@ import torch
 from dit_fixtures import inputs, max_rel_error, tiny_config
 from torch import nn
 
-from pixart import KVCompress, PixArtTransformer, parse_layers
+from pixart import KVCompress, PixArtTransformer, SettingError, parse_layers
 from pixart.embeddings import default_operations
 from pixart.kv_compression import compress_kv, compressed_grid_size
 
@@ -154,22 +154,57 @@ def test_odd_grids_run_in_every_mode(mode):
 
 
 def test_settings_validation():
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(SettingError, match="mode must be one of"):
         KVCompress("mean")
-    with pytest.raises(ValueError, match="factor must be an integer in 2..8"):
+    with pytest.raises(SettingError, match="factor must be an integer in 2..8"):
         KVCompress("uniform", 1)
-    with pytest.raises(ValueError, match="remainder must be one of"):
+    with pytest.raises(SettingError, match="remainder must be one of"):
         KVCompress("uniform", 2, remainder="pad")
-    with pytest.raises(ValueError, match=r"layers \[5\] are outside 0..1"):
+    with pytest.raises(SettingError, match=r"layers \[5\] are outside 0..1"):
         PixArtTransformer(tiny_config(), kv_compress=KVCompress("uniform", 2, layers=(5,)))
     assert KVCompress("uniform").layer_set(28) == frozenset(range(14, 28))
-    assert parse_layers("14-27", 28) == tuple(range(14, 28))
-    assert parse_layers("0, 2,4-5", 28) == (0, 2, 4, 5)
-    assert parse_layers("all", 3) == (0, 1, 2)
-    with pytest.raises(ValueError, match="outside 0..27"):
-        parse_layers("20-30", 28)
-    with pytest.raises(ValueError, match="is not a number"):
-        parse_layers("a-b", 28)
+    assert parse_layers("14-27") == tuple(range(14, 28))
+    assert parse_layers("0, 2,4-5") == (0, 2, 4, 5)
+    assert KVCompress.from_text("uniform", 2, "all").layer_set(3) == frozenset({0, 1, 2})
+    with pytest.raises(SettingError, match="outside 0..27"):
+        KVCompress.from_text("uniform", 2, "20-30").layer_set(28)
+    with pytest.raises(SettingError, match="is not a number"):
+        parse_layers("a-b")
+
+
+@pytest.mark.parametrize(
+    "text,depth,expected",
+    [
+        ("auto", 28, range(14, 28)),
+        (" Auto ", 3, range(1, 3)),
+        ("", 4, range(2, 4)),
+        ("all", 28, range(28)),
+        ("ALL", 5, range(5)),
+        ("0,2,4-6", 28, [0, 2, 4, 5, 6]),
+    ],
+)
+def test_layers_auto_all_and_explicit_follow_the_depth(text, depth, expected):
+    kv = KVCompress.from_text("avgpool", 2, text)
+    assert kv.layer_set(depth) == frozenset(expected)
+    assert kv == KVCompress("avgpool", 2, parse_layers(text))
+    model = PixArtTransformer(tiny_config(depth=depth), kv_compress=kv)
+    assert [i for i, block in enumerate(model.blocks) if block.attn.kv_compress is kv] == sorted(expected)
+
+
+def test_layers_are_checked_once_against_the_real_depth_with_the_setting_named():
+    """Syntax when the text is read; range only when a model of known depth takes the setting."""
+    with pytest.raises(SettingError, match=r"KV layers '14-x': '14-x' is not a number"):
+        KVCompress.from_text("avgpool", 2, "14-x")
+    with pytest.raises(SettingError, match=r"KV layers '9-3': '9-3' is outside"):
+        parse_layers("9-3")
+    with pytest.raises(SettingError, match="KVCompress.layers must be one of"):
+        KVCompress("avgpool", 2, "half")
+    late = KVCompress.from_text("avgpool", 2, "1,40")  # fine as text: no depth is known yet
+    assert late.layers == (1, 40) and KVCompress("avgpool", 2, None).layers == "auto"
+    model = PixArtTransformer(tiny_config(depth=3))
+    with pytest.raises(SettingError, match=r"KVCompress.layers \[40\] are outside 0..2 for a 3-block model"):
+        model.set_kv_compress(late)
+    assert model.kv_compress is None and all(block.attn.kv_compress is None for block in model.blocks)
 
 
 @pytest.mark.parametrize("mode", ["uniform", "ave", "avgpool"])

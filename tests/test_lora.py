@@ -7,7 +7,6 @@ Ground truth: a LoRA injected with PEFT into diffusers' PixArtTransformer2DModel
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -240,11 +239,11 @@ def test_lora_matching_nothing(tmp_path):
 def test_keys_that_match_nothing_are_listed(peft_model, tmp_path):
     state = {f"transformer.{k}": v for k, v in lora_state(peft_model).items()}
     state["text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight"] = torch.zeros(4, 8)
-    state["transformer.transformer_blocks.0.attn1.to_q.lora_magnitude_vector"] = torch.zeros(96)
+    state["transformer.transformer_blocks.0.attn1.to_q.lora_mid.weight"] = torch.zeros(4, 4, 1, 1)
     msg = _err(_save(tmp_path / "mixed.safetensors", state))
     assert "2 LoRA key problem(s)" in msg and "mixed.safetensors" in msg
     assert "text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight" in msg
-    assert "DoRA is not supported" in msg
+    assert "LoCon/Tucker mid weights (convolutions) are not supported" in msg
 
 
 def test_missing_half_and_rank_mismatch(tmp_path):
@@ -301,7 +300,7 @@ def test_peft_config_rank_disagrees_with_weights(peft_model, tmp_path):
 
 @pytest.mark.parametrize(
     "change,message",
-    [({"use_dora": True}, "DoRA adapters"), ({"peft_type": "LOHA"}, "PEFT type 'LOHA' is not supported")],
+    [({"use_dora": "yes"}, "use_dora"), ({"peft_type": "LOHA"}, "PEFT type 'LOHA' is not supported")],
 )
 def test_unsupported_peft_configs(change, message, peft_model, tmp_path):
     folder = write_peft_folder(peft_model, tmp_path / "adapter")
@@ -361,20 +360,21 @@ def test_node_lists_files_and_peft_folders(files, monkeypatch):
 
 
 def test_node_patches_use_row_offsets_into_fused_weights(files, monkeypatch):
-    """The patch dict ComfyUI's ``add_patches`` gets: keys under ``diffusion_model.``, ``(key, (0, start, rows))``
-    for q/k/v and k/v, and ``LoRAAdapter`` weights ``(up, down, alpha, None, None, None)`` with alpha / r = scale."""
-    import types
+    """What the node hands ComfyUI's ``comfy.lora.load_lora``: keys under ``diffusion_model.``,
+    ``(key, (0, start, rows))`` for q/k/v and k/v, and LoRA parts ``lora_up.weight`` / ``lora_down.weight`` /
+    ``alpha`` with alpha / r = scale (ComfyUI divides alpha by the rank)."""
+    comfy_lora = _lora_node_module(monkeypatch).comfy_lora
+    tensors, key_map = comfy_lora(load_lora(files["peft-folder"]))
+    assert len(key_map) == 27 and len(tensors) == 3 * 27
+    names = {key: name for name, key in key_map.items()}
 
-    comfy_patches = _lora_node_module(monkeypatch).comfy_patches
-    fake = types.ModuleType("comfy.weight_adapter")
-    fake.LoRAAdapter = lambda loaded_keys, weights: weights
-    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
-    monkeypatch.setitem(sys.modules, "comfy.weight_adapter", fake)
-    patches = comfy_patches(load_lora(files["peft-folder"]))
-    assert len(patches) == 27
-    up, down, alpha, *rest = patches[("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96))]
-    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0 and rest == [None, None, None]
+    def parts(key):
+        name = names[key]
+        return tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"], float(tensors[f"{name}.alpha"])
+
+    up, down, alpha = parts(("diffusion_model.blocks.1.attn.qkv.weight", (0, 192, 96)))
+    assert up.shape == (96, 4) and down.shape == (4, 96) and alpha == 8.0
     kv = "diffusion_model.blocks.0.cross_attn.kv_linear.weight"
-    assert patches[(kv, (0, 0, 96))][2] == 2.0 and patches[(kv, (0, 96, 96))][2] == 8.0  # k: alpha_pattern 2
-    assert patches["diffusion_model.blocks.0.mlp.fc2.weight"][2] == 8.0  # rank 2, scale 4
-    assert patches["diffusion_model.x_embedder.proj.weight"][1].shape == (4, 16)  # conv kernel flattened
+    assert parts((kv, (0, 0, 96)))[2] == 2.0 and parts((kv, (0, 96, 96)))[2] == 8.0  # k: alpha_pattern 2
+    assert parts("diffusion_model.blocks.0.mlp.fc2.weight")[2] == 8.0  # rank 2, scale 4
+    assert parts("diffusion_model.x_embedder.proj.weight")[1].shape == (4, 16)  # conv kernel flattened

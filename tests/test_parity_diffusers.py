@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from dit_fixtures import inputs, max_rel_error, official_state_dict, reference_forward, reference_model, tiny_config
+from dit_fixtures import inputs, max_rel_error, reference_forward
 
 from pixart import VARIANTS, PixArtTransformer
 from pixart.checkpoints.keymap import diffusers_to_official
@@ -12,22 +12,14 @@ pytest.importorskip("diffusers")
 TOL = 1e-5
 
 
-def _pair(micro=False, **changes):
-    config = tiny_config(micro, **changes)
-    reference = reference_model(config)
-    ours = PixArtTransformer(config).eval()
-    ours.load_state_dict(official_state_dict(reference, config, training_extras=False))
-    return config, reference, ours
-
-
 @pytest.mark.parametrize("micro", [False, True], ids=["sigma", "alpha-micro"])
 @pytest.mark.parametrize(
     "height,width",
     [(64, 64), (48, 80), (80, 48), (18, 30), (16, 16)],
     ids=["square", "wide", "tall", "odd-grid", "native"],
 )
-def test_forward_matches_diffusers(micro, height, width):
-    config, reference, ours = _pair(micro)
+def test_forward_matches_diffusers(micro, height, width, tiny_models):
+    config, reference, ours = tiny_models(micro)
     x, t, y, mask = inputs(config, height, width, batch=3)
     with torch.no_grad():
         got = ours(x, t, y, mask)
@@ -35,17 +27,17 @@ def test_forward_matches_diffusers(micro, height, width):
     assert max_rel_error(got, reference_forward(reference, x, t, y, mask, micro)) <= TOL
 
 
-def test_small_base_size_256():
+def test_small_base_size_256(tiny_models):
     """A 256-px-style base (pe_interpolation 0.5), where ComfyUI's built-in path divides by zero."""
-    config, reference, ours = _pair(sample_size=8, pe_interpolation=0.5)
+    config, reference, ours = tiny_models(sample_size=8, pe_interpolation=0.5)
     x, t, y, mask = inputs(config, 32, 32)
     with torch.no_grad():
         got = ours(x, t, y, mask)
     assert max_rel_error(got, reference_forward(reference, x, t, y, mask)) <= TOL
 
 
-def test_no_mask_and_full_mask_agree_with_reference():
-    config, reference, ours = _pair()
+def test_no_mask_and_full_mask_agree_with_reference(tiny_models):
+    config, reference, ours = tiny_models()
     x, t, y, _ = inputs(config, 32, 32)
     ones = torch.ones(y.shape[:2])
     with torch.no_grad():
@@ -53,9 +45,9 @@ def test_no_mask_and_full_mask_agree_with_reference():
         assert max_rel_error(ours(x, t, y, ones), reference_forward(reference, x, t, y, ones)) <= TOL
 
 
-def test_batch_with_different_caption_lengths_does_not_leak():
+def test_batch_with_different_caption_lengths_does_not_leak(tiny_models):
     """Each sample of a mixed batch equals that sample run alone with only its own caption tokens."""
-    config, _, ours = _pair()
+    config, _, ours = tiny_models()
     x, t, y, mask = inputs(config, 32, 48, batch=3, tokens=9)
     with torch.no_grad():
         batched = ours(x, t, y, mask)
@@ -65,8 +57,8 @@ def test_batch_with_different_caption_lengths_does_not_leak():
             assert max_rel_error(batched[i : i + 1], alone) <= TOL
 
 
-def test_alpha_explicit_micro_conditions_match():
-    config, reference, ours = _pair(micro=True)
+def test_alpha_explicit_micro_conditions_match(tiny_models):
+    config, reference, ours = tiny_models(micro=True)
     x, t, y, mask = inputs(config, 32, 48)
     resolution = torch.tensor([[1024.0, 768.0], [512.0, 2048.0]])
     aspect = torch.tensor([[1.33], [0.25]])

@@ -1,8 +1,6 @@
 """Few-step and v-prediction sampling recipes equal diffusers' pipelines with the named schedulers (fp32 <= 1e-4
 relative), and the checkpoints they run (42-block Sigma, alpha-512 without micro-conditions) load from every format."""
 
-from functools import cache
-
 import pytest
 import torch
 from dit_fixtures import (
@@ -10,7 +8,6 @@ from dit_fixtures import (
     max_rel_error,
     official_state_dict,
     reference_forward,
-    reference_model,
     tiny_config,
     write_diffusers_folder,
     write_official_pth,
@@ -36,26 +33,6 @@ LOAD_TOL = 1e-5
 SIGMA_900M = {"depth": 42}  # tiny stand-in for PixArt-Sigma-900M: the 1024 model with 42 blocks
 ALPHA_512 = {"family": "alpha", "caption_tokens": 120, "sample_size": 64, "pe_interpolation": 1.0}
 ALPHA_1024_MS = {"sample_size": 128, "pe_interpolation": 2.0}  # micro-conditions: diffusers needs sample_size 128
-
-
-def _ours(reference, config):
-    from pixart import PixArtTransformer
-
-    model = PixArtTransformer(config).eval()
-    model.load_state_dict(official_state_dict(reference, config, training_extras=False))
-    return model
-
-
-@cache
-def _cached_reference(micro: bool, seed: int, changes: tuple):
-    """diffusers builds a 42-block model slowly: each tiny reference is built once per session (never modified)."""
-    config = tiny_config(micro, **dict(changes))
-    return config, reference_model(config, seed)
-
-
-def _pair(micro=False, seed=0, **changes):
-    config, reference = _cached_reference(micro, seed, tuple(sorted(changes.items())))
-    return config, reference, _ours(reference, config)
 
 
 def _embeddings(config, batch=2, tokens=7, seed=3):
@@ -175,11 +152,11 @@ FORMATS = ["pth", "safetensors-official", "safetensors-diffusers", "safetensors-
 
 @pytest.mark.parametrize("kind", FORMATS)
 @pytest.mark.parametrize("shape", ["sigma-900m", "alpha-512"])
-def test_checkpoint_loads_and_equals_diffusers(tmp_path, kind, shape):
+def test_checkpoint_loads_and_equals_diffusers(tmp_path, kind, shape, tiny_models):
     """Folders and official .pth files say everything; bare safetensors need the sizes (as for alpha-512, whose
     weights have the same shapes as Sigma-1024's: choose the variant)."""
     changes = SIGMA_900M if shape == "sigma-900m" else ALPHA_512
-    config, reference = _cached_reference(False, 0, tuple(sorted(changes.items())))
+    config, reference, _ = tiny_models(shared=True, **changes)
     path = _write(kind, tmp_path, reference, config)
     variant = {"num_heads": config.num_heads}
     if kind.startswith("safetensors"):
@@ -193,9 +170,9 @@ def test_checkpoint_loads_and_equals_diffusers(tmp_path, kind, shape):
     assert max_rel_error(got, reference_forward(reference, x, t, y, mask)) <= LOAD_TOL
 
 
-def test_alpha_512_diffusers_pipeline_folder_with_bin_weights(tmp_path):
+def test_alpha_512_diffusers_pipeline_folder_with_bin_weights(tmp_path, tiny_models):
     """The PixArt-alpha-DMD-XL-2-512x512 layout: a pipeline folder, transformer weights as a .bin pickle."""
-    config, reference = _cached_reference(False, 0, tuple(sorted(ALPHA_512.items())))
+    config, reference, _ = tiny_models(shared=True, **ALPHA_512)
     model = load_dit(_write("diffusers-folder-bin", tmp_path, reference, config), {"num_heads": config.num_heads})
     assert model.config == config
     x, t, y, mask = inputs(config, 16, 16)
@@ -207,9 +184,9 @@ def test_alpha_512_diffusers_pipeline_folder_with_bin_weights(tmp_path):
 
 
 @pytest.mark.parametrize("clip", [None, 1.0], ids=["no-clip", "clip"])
-def test_dmd_one_step_matches_ddpm_pipeline(clip):
+def test_dmd_one_step_matches_ddpm_pipeline(clip, tiny_models):
     """PixArt-alpha-DMD-512: DDPMScheduler, timesteps=[400], CFG 1, x_0 from unit-variance noise."""
-    config, reference, ours = _pair(**ALPHA_512)
+    config, reference, ours = tiny_models(shared=True, **ALPHA_512)
     latents, embeddings = torch.randn(2, 4, 16, 16), _embeddings(config)
     scheduler = _scheduler(diffusers.DDPMScheduler, clip_sample=clip is not None)
     expected = _run_pipeline(_pipeline(config, reference, scheduler), latents, embeddings, timesteps=[400])
@@ -221,9 +198,9 @@ def test_dmd_one_step_matches_ddpm_pipeline(clip):
 
 
 @pytest.mark.parametrize("timestep", [400, 250])
-def test_nitro_one_step_matches_sigma_pipeline(timestep):
+def test_nitro_one_step_matches_sigma_pipeline(timestep, tiny_models):
     """Nitro-1-PixArt (Sigma-1024 weights): one step at a fixed timestep (a setting), no CFG."""
-    config, reference, ours = _pair()
+    config, reference, ours = tiny_models(shared=True)
     latents, embeddings = torch.randn(2, 4, 16, 24), _embeddings(config)
     scheduler = _scheduler(diffusers.DDPMScheduler, clip_sample=False)
     expected = _run_pipeline(_pipeline(config, reference, scheduler), latents, embeddings, timesteps=[timestep])
@@ -232,10 +209,10 @@ def test_nitro_one_step_matches_sigma_pipeline(timestep):
 
 
 @pytest.mark.parametrize("name,steps", [("lcm", 4), ("lcm", 2), ("flash-pixart", 4)])
-def test_lcm_matches_lcm_pipeline(name, steps):
+def test_lcm_matches_lcm_pipeline(name, steps, tiny_models):
     """PixArt-LCM (alpha-1024-MS, micro-conditions) and Flash-PixArt: LCMScheduler with its boundary conditions and
     generator-seeded noise between steps, no CFG (Flash passes guidance_scale 0 and trailing spacing)."""
-    config, reference, ours = _pair(micro=True, **ALPHA_1024_MS)
+    config, reference, ours = tiny_models(shared=True, micro=True, **ALPHA_1024_MS)
     latents, embeddings = torch.randn(2, 4, 16, 16), _embeddings(config)
     spacing = "trailing" if name == "flash-pixart" else "leading"
     scheduler = _scheduler(diffusers.LCMScheduler, timestep_spacing=spacing)
@@ -249,9 +226,9 @@ def test_lcm_matches_lcm_pipeline(name, steps):
         assert max_rel_error(_run_ours(recipe, ours, latents, embeddings, seed=8), expected) > 1e-2
 
 
-def test_yoso_one_step_v_prediction_matches_lcm_pipeline():
+def test_yoso_one_step_v_prediction_matches_lcm_pipeline(tiny_models):
     """YOSO-PixArt-alpha: LCMScheduler with prediction_type v_prediction, 1 step (timestep 999)."""
-    config, reference, ours = _pair(micro=True, **ALPHA_1024_MS)
+    config, reference, ours = tiny_models(shared=True, micro=True, **ALPHA_1024_MS)
     latents, embeddings = torch.randn(2, 4, 16, 16), _embeddings(config)
     scheduler = _scheduler(diffusers.LCMScheduler, prediction_type="v_prediction")
     expected = _run_pipeline(_pipeline(config, reference, scheduler), latents, embeddings, num_inference_steps=1)
@@ -259,9 +236,9 @@ def test_yoso_one_step_v_prediction_matches_lcm_pipeline():
 
 
 @pytest.mark.parametrize("steps", [20, 8])
-def test_sigma_reference_dpm_solver_matches_pipeline(steps):
+def test_sigma_reference_dpm_solver_matches_pipeline(steps, tiny_models):
     """The Sigma default: DPMSolverMultistepScheduler (linspace, 2M, lower-order final), CFG 4.5."""
-    config, reference, ours = _pair()
+    config, reference, ours = tiny_models(shared=True)
     latents, embeddings = torch.randn(2, 4, 16, 16), _embeddings(config)
     scheduler = _scheduler(diffusers.DPMSolverMultistepScheduler)
     pipe = _pipeline(config, reference, scheduler)
@@ -279,9 +256,9 @@ def _v_zsnr_scheduler():
     )
 
 
-def test_900m_v_prediction_zero_snr_matches_pipeline():
+def test_900m_v_prediction_zero_snr_matches_pipeline(tiny_models):
     """42 blocks, v-prediction, zero terminal SNR, trailing spacing (starts at t = 999), CFG 4.5."""
-    config, reference, ours = _pair(**SIGMA_900M)
+    config, reference, ours = tiny_models(shared=True, **SIGMA_900M)
     latents, embeddings = torch.randn(2, 4, 16, 16), _embeddings(config)
     expected = _run_pipeline(
         _pipeline(config, reference, _v_zsnr_scheduler()), latents, embeddings, cfg=4.5, num_inference_steps=4
@@ -309,11 +286,11 @@ def _diffusers_guided(reference, embeddings, cfg):
     return predict
 
 
-def test_900m_two_stage_handover_matches_diffusers_schedulers():
+def test_900m_two_stage_handover_matches_diffusers_schedulers(tiny_models):
     """v0.7 stage-1 / stage-2 experts: stage 1 runs the first 60% of the steps, stage 2 the rest from a fresh
     DPMSolverMultistepScheduler started at that index (diffusers' denoising_end / denoising_start hand-over)."""
     config = tiny_config()  # depth does not matter here: the 42-block model is proven above
-    ref1, ref2 = reference_model(config, 0), reference_model(config, 1)
+    (_, ref1, ours1), (_, ref2, ours2) = tiny_models(seed=0, shared=True), tiny_models(seed=1, shared=True)
     latents, embeddings = torch.randn(1, 4, 16, 16), _embeddings(config, batch=1)
     steps, handover = 10, 0.6
     split = round(steps * handover)
@@ -327,8 +304,8 @@ def test_900m_two_stage_handover_matches_diffusers_schedulers():
             x = scheduler.step(predict(x, t), t, x, return_dict=False)[0]
     recipe = Recipe("dpmpp_2m", steps, schedule=RECIPES["sigma-900m-v"].schedule, spacing="trailing", cfg=4.5)
     y, mask, neg, neg_mask = embeddings
-    stage1 = pixart_denoiser(_ours(ref1, config), y, mask, neg, neg_mask, 4.5)
-    stage2 = pixart_denoiser(_ours(ref2, config), y, mask, neg, neg_mask, 4.5)
+    stage1 = pixart_denoiser(ours1, y, mask, neg, neg_mask, 4.5)
+    stage2 = pixart_denoiser(ours2, y, mask, neg, neg_mask, 4.5)
     with torch.no_grad():
         got = sample_two_stage(recipe, stage1, stage2, latents.clone(), handover)
     assert max_rel_error(got, x) <= TOL

@@ -1,9 +1,9 @@
-"""Token-chunked inference (``PixArtBlock.forward_in_chunks``) gives the whole-sequence result, matches diffusers,
-and is what "auto" runs on CPU."""
+"""Token-chunked inference (``PixArtBlock.forward`` with ``token_chunk``) gives the whole-sequence result, matches
+diffusers, and is what "auto" runs on CPU."""
 
 import pytest
 import torch
-from dit_fixtures import inputs, max_rel_error, official_state_dict, reference_forward, reference_model, tiny_config
+from dit_fixtures import inputs, max_rel_error, reference_forward, tiny_config
 
 from pixart import KVCompress, PixArtTransformer
 from pixart import model as model_module
@@ -11,19 +11,11 @@ from pixart import model as model_module
 TOL = 1e-5
 
 
-def _pair(micro=False, kv=None):
-    config = tiny_config(micro)
-    reference = reference_model(config)
-    ours = PixArtTransformer(config, kv_compress=kv).eval()
-    ours.load_state_dict(official_state_dict(reference, config, training_extras=False))
-    return config, reference, ours
-
-
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000], ids=["one-token", "uneven", "even", "larger-than-sequence"])
 @pytest.mark.parametrize("micro", [False, True], ids=["sigma", "alpha-micro"])
-def test_chunked_forward_matches_diffusers_and_whole(chunk, micro):
+def test_chunked_forward_matches_diffusers_and_whole(chunk, micro, tiny_models):
     """A batch of three captions of different lengths (per-sample masks) on a non-square grid of 9×15 tokens."""
-    config, reference, ours = _pair(micro)
+    config, reference, ours = tiny_models(micro)
     x, t, y, mask = inputs(config, 18, 30, batch=3)
     with torch.no_grad():
         ours.token_chunk = None
@@ -35,8 +27,8 @@ def test_chunked_forward_matches_diffusers_and_whole(chunk, micro):
 
 
 @pytest.mark.parametrize("kv", [KVCompress("avgpool", 2), KVCompress("uniform", 2, layers=(0, 1))])
-def test_chunked_forward_with_kv_compression_equals_whole(kv):
-    _, _, ours = _pair(kv=kv)
+def test_chunked_forward_with_kv_compression_equals_whole(kv, tiny_models):
+    _, _, ours = tiny_models(kv=kv)
     x, t, y, mask = inputs(ours.config, 18, 30)
     with torch.no_grad():
         ours.token_chunk = None
@@ -62,14 +54,16 @@ def test_chunked_fp16_keeps_the_guard():
 
 
 def _record_chunks(monkeypatch) -> list:
+    """The ``token_chunk`` of every block call that chunks its per-token work."""
     seen = []
-    original = model_module.PixArtBlock.forward_in_chunks
+    original = model_module.token_rows
 
-    def spy(self, x, y, m, grid, bias, chunk, *reuse):
-        seen.append(chunk)
-        return original(self, x, y, m, grid, bias, chunk, *reuse)
+    def spy(shape, chunk):
+        if chunk is not None:
+            seen.append(chunk)
+        return original(shape, chunk)
 
-    monkeypatch.setattr(model_module.PixArtBlock, "forward_in_chunks", spy)
+    monkeypatch.setattr(model_module, "token_rows", spy)
     return seen
 
 

@@ -3,7 +3,7 @@
 from .base import CacheStats, StepCache
 from .dbcache import FIRST_BLOCK_CACHE, DBCache, DBCacheConfig
 from .sampling import GuidedDenoiser
-from .tgate import TGate, TGateConfig, step_plan
+from .tgate import TGate, TGateConfig, negative_rows_only, step_plan
 
 __all__ = [
     "FIRST_BLOCK_CACHE",
@@ -14,5 +14,6 @@ __all__ = [
     "StepCache",
     "TGate",
     "TGateConfig",
+    "negative_rows_only",
     "step_plan",
 ]

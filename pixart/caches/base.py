@@ -61,7 +61,7 @@ class StepCache(ABC):
 
     @abstractmethod
     def forward_kwargs(self, depth: int) -> dict:
-        """Keyword arguments for ``PixArtTransformer.forward`` in this step (``block_hooks``, ``attention_reuse``)
+        """Keyword arguments for ``PixArtTransformer.forward`` in this step (``block_hooks``)
         for a model of ``depth`` blocks."""
 
     @abstractmethod

@@ -86,12 +86,12 @@ class DBCache(StepCache):
         """The ``BlockHook``: runs, skips or closes the middle blocks of the current step."""
         first, middle_end = self.config.Fn_compute_blocks, self._depth - self.config.Bn_compute_blocks
         if index == 0:
-            self._input = x.clone()
+            self._input = x
         if first <= index < middle_end:
             if self._reuse:
                 return self._middle_residual + x if index == middle_end - 1 else x
             if index == first:
-                self._middle_input = x.clone()
+                self._middle_input = x
         x = run(x)
         self.stats.blocks_computed += 1
         if index == first - 1:

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from ..model import PixArtTransformer
+from ..sampling import guidance
 from .base import StepCache
+from .tgate import negative_rows_only
 
 
 class GuidedDenoiser:
@@ -38,26 +40,32 @@ class GuidedDenoiser:
         (B,) timestep -> (B, C_in, H, W) guided epsilon."""
         cache, c_in = self.cache, x.shape[1]
         guide = self.scale > 1
-        both = guide and (cache is None or cache.guided(step))
-        if both:
+        if guide:
             x_in = torch.cat([x, x])
             caption = torch.cat([self.negative[0], self.positive[0]])
             mask = _cat_masks(self.negative[1], self.positive[1], self.positive[0])
         else:
             x_in = x
-            caption, mask = self.negative if guide else self.positive
+            caption, mask = self.positive
         t = t.reshape(-1).expand(x_in.shape[0]) if torch.is_tensor(t) else torch.full((x_in.shape[0],), float(t))
         kwargs = {}
         if cache is not None:
             cache.begin_step(step)
             kwargs = cache.forward_kwargs(len(self.model.blocks))
-        out = self.model(x_in, t, caption, mask, **kwargs)[:, :c_in]
+
+        def run(*args: Tensor | None) -> Tensor:
+            return self.model(*args, **kwargs)[:, :c_in]
+
+        args = (x_in, t, caption, mask)
+        if not guide:
+            out = run(*args)
+        elif cache is not None and not cache.guided(step):
+            out = negative_rows_only(run, args, slice(0, x.shape[0]), 1)
+        else:
+            out = guidance(*run(*args).chunk(2), self.scale)
         if cache is not None:
             cache.end_step()
-        if not both:
-            return out
-        negative, positive = out.chunk(2)
-        return negative + self.scale * (positive - negative)
+        return out
 
 
 def _cat_masks(negative: Tensor | None, positive: Tensor | None, caption: Tensor) -> Tensor | None:

@@ -10,11 +10,14 @@ Setting names and meanings follow the ``tgate`` package (``pipe.tgate(gate_step=
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
+import torch
 from torch import Tensor
 
-from ..attention import AttentionReuse
+from ..block_hooks import BlockFn, BlockInputs, TokenRows
 from .base import StepCache
 
 COMPUTE, KEEP, REUSE = "compute", "keep", "reuse"
@@ -62,7 +65,8 @@ def step_plan(config: TGateConfig, step: int) -> StepPlan:
 
 
 class TGate(StepCache):
-    """T-GATE state for one generation at a time: per-block stored attention outputs (B, N, C)."""
+    """T-GATE state for one generation at a time: per-block stored attention outputs (B, N, C). Its block hook hands
+    each block an attention hook that reuses, keeps or computes that block's attention outputs."""
 
     def __init__(self, config: TGateConfig) -> None:
         self.config = config
@@ -70,43 +74,64 @@ class TGate(StepCache):
 
     def reset(self) -> None:
         super().reset()
-        self._self: list[Tensor | None] = []
-        self._cross: list[Tensor | None] = []
-        self._calls: list[AttentionReuse] = []
+        self._stored: dict[str, list[Tensor | None]] = {"self": [], "cross": []}  # per block, reused on REUSE
+        self._kept: dict[str, list[Tensor | None]] = {"self": [], "cross": []}  # per block, kept this step
+        self._plan = StepPlan(COMPUTE, COMPUTE, False)
 
     def guided(self, step: int) -> bool:
         return step < self.config.gate_step
 
     def forward_kwargs(self, depth: int) -> dict:
-        if len(self._self) != depth:
-            self._self, self._cross = [None] * depth, [None] * depth
-        plan = step_plan(self.config, self.step)
-        self._plan = plan
-        self._calls = [
-            AttentionReuse(
-                self_out=self._self[i] if plan.self_ == REUSE else None,
-                cross_out=self._cross[i] if plan.cross == REUSE else None,
-                keep_self=plan.self_ == KEEP,
-                keep_cross=plan.cross == KEEP,
-            )
-            for i in range(depth)
-        ]
+        if len(self._stored["self"]) != depth:
+            self._stored = {"self": [None] * depth, "cross": [None] * depth}
+        self._kept = {"self": [None] * depth, "cross": [None] * depth}
+        self._plan = step_plan(self.config, self.step)
+        reused = {kind: self._reused(kind) for kind in ("self", "cross")}
         stats = self.stats
         stats.blocks_total += depth
         stats.blocks_computed += depth
-        stats.self_attention_reused += sum(r.self_out is not None for r in self._calls)
-        stats.cross_attention_reused += sum(r.cross_out is not None for r in self._calls)
-        if any(r.self_out is not None or r.cross_out is not None for r in self._calls):
+        stats.self_attention_reused += reused["self"]
+        stats.cross_attention_reused += reused["cross"]
+        if reused["self"] or reused["cross"]:
             stats.reused_steps.append(self.step)
-        return {"attention_reuse": self._calls}
+        return {"block_hooks": [self.hook]}
+
+    def hook(self, index: int, x: Tensor, inputs: BlockInputs, run: BlockFn) -> Tensor:
+        """The ``BlockHook``: block ``index`` with T-GATE's attention hook for this step."""
+        depth = len(self._kept["self"])
+        if not 0 <= index < depth:
+            raise ValueError(f"T-GATE: block {index} of a forward prepared for {depth} blocks (forward_kwargs(depth))")
+        return run(x, inputs._replace(attention=partial(self.attend, index)))
+
+    def attend(self, index: int, kind: str, rows: TokenRows, compute: Callable[[], Tensor]) -> Tensor:
+        """The ``AttentionHook`` of block ``index``: the stored output (REUSE), or ``compute()``'s, kept (KEEP)."""
+        action, stored = self._action(kind), self._stored[kind][index]
+        if action == REUSE and stored is not None:
+            return stored[rows.index]
+        out = compute()
+        if action == KEEP:
+            kept = self._kept[kind]
+            if rows.whole:
+                kept[index] = out
+            else:
+                if kept[index] is None:
+                    kept[index] = out.new_empty(rows.shape)
+                kept[index][rows.index] = out
+        return out
+
+    def _action(self, kind: str) -> str:
+        return self._plan.self_ if kind == "self" else self._plan.cross
+
+    def _reused(self, kind: str) -> int:
+        """Blocks that reuse their stored ``kind`` attention output this step."""
+        return sum(s is not None for s in self._stored[kind]) if self._action(kind) == REUSE else 0
 
     def end_step(self) -> None:
-        for i, call in enumerate(self._calls):
-            if call.keep_self:
-                self._self[i] = _mean_of_halves(call.self_out) if self._plan.mean_of_halves else call.self_out
-            if call.keep_cross:
-                self._cross[i] = _mean_of_halves(call.cross_out) if self._plan.mean_of_halves else call.cross_out
-        self._calls = []
+        for kind, kept in self._kept.items():
+            for i, out in enumerate(kept):
+                if out is not None:
+                    self._stored[kind][i] = _mean_of_halves(out) if self._plan.mean_of_halves else out
+        self._kept = {kind: [None] * len(kept) for kind, kept in self._kept.items()}
 
 
 def _mean_of_halves(output: Tensor) -> Tensor:
@@ -117,3 +142,13 @@ def _mean_of_halves(output: Tensor) -> Tensor:
         )
     negative, positive = output.chunk(2)
     return (negative + positive) / 2
+
+
+def negative_rows_only(
+    run: Callable[..., Tensor], args: Sequence[Tensor | None], negative: slice, copies: int
+) -> Tensor:
+    """T-GATE's steps after its gate, which do not guide: ``run`` on the negative rows of a guided batch's arguments
+    only (None stays None), its (B, ...) output repeated ``copies`` times along the batch (one per guidance half the
+    caller batched), so that guidance of the copies gives the negative prediction."""
+    out = run(*(None if a is None else a[negative] for a in args))
+    return torch.cat([out] * copies)

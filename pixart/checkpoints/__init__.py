@@ -18,7 +18,7 @@ from torch import Tensor
 from ..config import PixArtConfig
 from ..detect import TRAINING_ONLY_KEYS, detect_config
 from ..errors import CheckpointError, listing, short
-from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, read_weights
+from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, check_entry, read_weights, weights_format
 from .diffusers_dir import folder_hints, read_diffusers_folder, transformer_folder
 from .keymap import COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX, PIPELINE_PREFIX, diffusers_to_official, is_diffusers_layout
 from .scheduler_config import pipeline_noise_schedule
@@ -44,13 +44,11 @@ __all__ = [
 def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict, str]:
     """The raw tensors of a file or folder, hints from side files, and a name for messages."""
     path = Path(path)
-    if path.is_dir():
+    if check_entry(path, CheckpointError, ("file", "folder"), "file or folder") == "folder":
         folder = transformer_folder(path)
         hints = folder_hints(folder)
         return read_diffusers_folder(folder), hints, str(folder)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
+    if weights_format(path) is not None:
         return read_weights(path, CheckpointError, WRAPPER_KEYS), {}, str(path)
     raise CheckpointError(
         f"{path}: unsupported file type {short(path.suffix, 20)!r}; expected "
@@ -74,7 +72,7 @@ def to_official_keys(tensors: dict[str, Tensor], source: str) -> dict[str, Tenso
     tensors = _strip_prefix(tensors, source)
     if not is_diffusers_layout(tensors):
         return tensors
-    converted, unknown = diffusers_to_official(tensors)
+    converted, unknown = diffusers_to_official(tensors, source)
     if unknown:
         raise CheckpointError(
             f"{source}: {len(unknown)} tensors are not PixArt transformer weights: {listing(unknown)}"

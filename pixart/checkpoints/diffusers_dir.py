@@ -7,20 +7,22 @@ from pathlib import Path
 from torch import Tensor
 
 from ..errors import CheckpointError, short
-from ..io import json_field, read_json, read_shard_index, read_weights
+from ..io import entry_kind, json_field, read_json, read_shard_index, read_weights
 
 TRANSFORMER_CLASSES = ("PixArtTransformer2DModel", "Transformer2DModel")
 PIPELINE_FAMILIES = {"PixArtSigmaPipeline": "sigma", "PixArtAlphaPipeline": "alpha"}
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 MAX_HEADS = 1024  # attention heads a config may state
 MAX_SAMPLE_SIZE = 1024  # latent side of the base resolution a config may state (8192 px)
+# Fields a config may leave out (PixArtTransformer2DModel's defaults apply) but never state as null.
+REQUIRED_IF_PRESENT = ("num_attention_heads", "sample_size")
 
 
 def transformer_folder(path: Path) -> Path:
     """The folder holding ``config.json``: ``path`` itself or its ``transformer/`` (a whole pipeline folder)."""
-    if (path / "config.json").is_file():
+    if entry_kind(path / "config.json") != "missing":  # read_json names a config.json that is not a regular file
         return path
-    if (path / "transformer" / "config.json").is_file():
+    if entry_kind(path / "transformer" / "config.json") != "missing":
         return path / "transformer"
     raise CheckpointError(f"{path}: a diffusers transformer folder needs config.json (or transformer/config.json)")
 
@@ -34,6 +36,9 @@ def folder_hints(folder: Path) -> dict:
         raise CheckpointError(f"{path}: _class_name is {short(repr(name), 60)}, expected one of {TRANSFORMER_CLASSES}")
     source = str(path)
     hints = {}
+    for key in REQUIRED_IF_PRESENT:  # diffusers cannot build a model from a null one either (None // 64)
+        if key in config and config[key] is None:
+            raise CheckpointError(f"{source}: {key!r} is null; expected an int (or the key left out for the default)")
     heads = json_field(config, "num_attention_heads", int, source, CheckpointError, None, (1, MAX_HEADS))
     if heads is not None:
         hints["num_heads"] = heads
@@ -57,10 +62,10 @@ def folder_hints(folder: Path) -> dict:
 def read_diffusers_folder(folder: Path) -> dict[str, Tensor]:
     """All weight tensors of a diffusers model folder, joining shards listed in the ``*.index.json``."""
     for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
+        if entry_kind(folder / name) != "missing":
             return read_weights(folder / name, CheckpointError)
         index = folder / f"{name}.index.json"
-        if index.is_file():
+        if entry_kind(index) != "missing":
             tensors: dict[str, Tensor] = {}
             for shard in read_shard_index(index, CheckpointError):
                 tensors.update(read_weights(shard, CheckpointError))

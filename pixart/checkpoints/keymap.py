@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class ModuleTarget:
@@ -111,10 +113,14 @@ def is_diffusers_layout(keys) -> bool:
     return any(k.startswith(DIFFUSERS_PREFIXES) for k in keys)
 
 
-def diffusers_to_official(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+def diffusers_to_official(
+    state_dict: dict[str, Tensor], source: str = "state dict"
+) -> tuple[dict[str, Tensor], list[str]]:
     """Rename (and fuse) a diffusers-keyed state dict to official keys.
 
     Returns the converted dict and the keys that are not PixArt parameters (left for the caller to report).
+    Raises CheckpointError naming ``source`` and the keys when parts to fuse (``to_q``/``to_k``/``to_v`` into
+    ``attn.qkv``, ``to_k``/``to_v`` into ``kv_linear``) disagree in shape.
     """
     out: dict[str, Tensor] = {}
     fused: dict[str, list[Tensor | None]] = {}
@@ -141,8 +147,26 @@ def diffusers_to_official(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tens
         if any(p is None for p in parts):
             unknown.append(f"{official} (only {sum(p is not None for p in parts)} of {len(parts)} fused parts present)")
             continue
+        shapes = [tuple(p.shape) for p in parts]
+        if len(set(shapes)) > 1:
+            names = _fused_names(official)
+            found = ", ".join(f"{name} {shape}" for name, shape in zip(names, shapes, strict=True))
+            raise CheckpointError(
+                f"{source}: the parts fused into {official} disagree in shape ({found}); expected equal shapes"
+            )
         out[official] = torch.cat(parts, dim=0)
     return out, unknown
+
+
+def _fused_names(official: str) -> list[str]:
+    """The diffusers keys fused into the official key ``official`` (e.g. ``blocks.3.attn.qkv.weight``), in order."""
+    module, param = _split_param(official)
+    match = _OFFICIAL_BLOCK.match(module)
+    sources = _official_module_sources().get(match.group(2), []) if match else []
+    names = [""] * len(sources)
+    for name, chunk, _ in sources:
+        names[chunk] = f"transformer_blocks.{match.group(1)}.{name}.{param}"
+    return names
 
 
 def _official_module_sources() -> dict[str, list[tuple[str, int, int]]]:

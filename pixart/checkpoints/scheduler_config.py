@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, short
-from ..io import json_field, read_json
+from ..io import entry_kind, json_field, read_json
 from ..sampling.schedules import PREDICTIONS, NoiseSchedule
 
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
@@ -55,7 +55,7 @@ def read_noise_schedule(path: Path) -> NoiseSchedule:
         "beta_start": json_field(config, "beta_start", float, source, CheckpointError, limits=(0.0, 1.0)),
         "beta_end": json_field(config, "beta_end", float, source, CheckpointError, limits=(0.0, 1.0)),
         "train_steps": json_field(
-            config, "num_train_timesteps", int, source, CheckpointError, 1000, (2, MAX_TRAIN_STEPS)
+            config, "num_train_timesteps", int, source, CheckpointError, NoiseSchedule.train_steps, (2, MAX_TRAIN_STEPS)
         ),
     }
     try:
@@ -66,8 +66,10 @@ def read_noise_schedule(path: Path) -> NoiseSchedule:
 
 def pipeline_noise_schedule(path: str | Path) -> NoiseSchedule | None:
     """The noise schedule of a diffusers pipeline folder (``transformer/`` beside ``scheduler/scheduler_config.json``);
-    None for a single file, a transformer folder alone, or a pipeline folder without a scheduler config."""
+    None for a single file, a transformer folder alone, or a pipeline folder without a scheduler config. A scheduler
+    config that is there but is not a regular file (a folder, a FIFO, a dangling link) is a CheckpointError naming
+    it: taking it as absent would sample a v-prediction or zero-SNR model as epsilon."""
     path = Path(path)
-    if not (path / "transformer" / "config.json").is_file() or not (path / SCHEDULER_CONFIG).is_file():
+    if not (path / "transformer" / "config.json").is_file() or entry_kind(path / SCHEDULER_CONFIG) == "missing":
         return None
     return read_noise_schedule(path / SCHEDULER_CONFIG)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..attention import AttentionFn, sdpa_attention
@@ -136,7 +137,7 @@ class PixArtControlNet(nn.Module):
             N residuals, each (B, N_tok, C): entry i is added to the input of base block i + 1.
         """
         first = self.controlnet[0]
-        c = x0 + first.before_proj(hint)  # (B, N_tok, C), a fresh tensor the copies may update in place
+        c = x0 + first.before_proj(hint)  # (B, N_tok, C)
         out = []
         for copy in self.controlnet:
             c = copy.copied_block(c, inputs.y, inputs.t0, inputs.grid, inputs.bias, inputs.token_chunk)
@@ -162,7 +163,8 @@ def embed_hint(base: PixArtTransformer, hint: Tensor, grid: tuple[int, int]) -> 
 
 def add_to_block_inputs(residuals: Mapping[int, Tensor]) -> BlockHook:
     """A block hook adding ``residuals[i]`` ((B, N_tok, C), cast to the tokens' dtype and device) to the input of
-    block i before it runs; other blocks pass through. Without autograd the tokens are updated in place."""
+    block i before it runs; other blocks pass through. The sum is a new tensor: hooks outside may keep the tokens
+    they passed in (step caches do)."""
 
     def hook(index: int, x: Tensor, inputs: BlockInputs, run: BlockFn) -> Tensor:
         add = residuals.get(index)
@@ -172,7 +174,8 @@ def add_to_block_inputs(residuals: Mapping[int, Tensor]) -> BlockHook:
                     f"ControlNet residual for block {index} is {tuple(add.shape)}, the block's input is "
                     f"{tuple(x.shape)}: the control was computed for another batch or image size"
                 )
-            x = residual(x, add.to(dtype=x.dtype, device=x.device))
+            add = add.to(dtype=x.dtype, device=x.device)
+            x = residual(x, add, out=None if torch.is_grad_enabled() else torch.empty_like(x))
         return run(x)
 
     return hook

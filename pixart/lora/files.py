@@ -16,7 +16,17 @@ from pathlib import Path
 from torch import Tensor
 
 from ..errors import LoraError, listing, short
-from ..io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, json_field, parse_json, read_json, read_safetensors, read_torch
+from ..io import (
+    SAFETENSORS_SUFFIXES,
+    TORCH_SUFFIXES,
+    check_entry,
+    json_field,
+    parse_json,
+    read_json,
+    read_safetensors,
+    read_torch,
+    weights_format,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +57,10 @@ class PeftSettings:
         peft_type = config.get("peft_type") or "LORA"
         peft_type = getattr(peft_type, "value", peft_type)  # a str or PEFT's PeftType enum
         if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
-            raise LoraError(f"{source}: PEFT type {short(repr(peft_type), 40)} is not supported, only plain LoRA")
-        if json_field(config, "use_dora", bool, source, LoraError, False):
-            raise LoraError(f"{source}: DoRA adapters (use_dora=true) are not supported, only plain LoRA")
+            raise LoraError(
+                f"{source}: PEFT type {short(repr(peft_type), 40)} is not supported, only LoRA (with DoRA or biases)"
+            )
+        json_field(config, "use_dora", bool, source, LoraError, False)  # DoRA: the weights carry the magnitudes
         if "lora_alpha" not in config and "r" not in config:
             raise LoraError(f"{source}: neither 'r' nor 'lora_alpha' is set; is this a PEFT LoRA config?")
         return cls(
@@ -110,10 +121,8 @@ def read_lora(path: str | Path) -> RawLora:
     """Read a LoRA file (``.safetensors``, or ``.bin``/``.pt``/``.pth``/``.ckpt`` through ``torch.load`` with
     ``weights_only=True``) or a PEFT adapter folder (``adapter_model.safetensors|bin`` + ``adapter_config.json``)."""
     path = Path(path)
-    if path.is_dir():
+    if check_entry(path, LoraError, ("file", "folder"), "LoRA file or folder") == "folder":
         return _read_peft_folder(path)
-    if not path.is_file():
-        raise LoraError(f"{path}: no such LoRA file or folder")
     tensors, metadata = _read_tensors(path)
     settings = _settings_from_metadata(metadata, path) or _sibling_settings(path)
     return RawLora(str(path), tensors, settings)
@@ -121,9 +130,10 @@ def read_lora(path: str | Path) -> RawLora:
 
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and (safetensors only) header metadata of one file."""
-    if path.suffix in SAFETENSORS_SUFFIXES:
+    kind = weights_format(path)
+    if kind == "safetensors":
         return read_safetensors(path, LoraError)
-    if path.suffix in TORCH_SUFFIXES:
+    if kind == "torch":
         return read_torch(path, LoraError), {}
     raise LoraError(
         f"{path}: unknown LoRA file type {short(path.suffix, 20)!r}; expected one of "

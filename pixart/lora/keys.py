@@ -1,14 +1,17 @@
 """LoRA key names and the official PixArt module each one updates.
 
-A LoRA key is ``<prefix><module><role suffix>``:
+A LoRA key is ``<prefix><module><part suffix>``:
 
 * prefix: ``transformer.`` (diffusers ``save_lora_weights``), ``base_model.model.`` (PEFT), ``unet.`` (the official
-  PixArt script saves through ``StableDiffusionPipeline``), ``diffusion_model.``, ``lora_unet_`` (kohya); stacked
-  prefixes such as ``unet.base_model.model.`` are stripped one after the other;
+  PixArt script saves through ``StableDiffusionPipeline``), ``diffusion_model.`` (ComfyUI's TrainLoraNode),
+  ``lora_unet_`` (kohya), ``lora_transformer_`` (OneTrainer), ``lycoris_`` (LyCORIS, as SimpleTuner saves it);
+  stacked prefixes such as ``unet.base_model.model.`` are stripped one after the other;
 * module: a diffusers name (``transformer_blocks.3.attn1.to_q``), an official one (``blocks.3.attn.qkv``), either
-  with ``_`` for ``.`` after a kohya prefix, or the old attention-processor name (``attn1.processor.to_q_lora``);
-* role suffix: ``.lora_A.weight``/``.lora_B.weight`` (PEFT, diffusers), ``.lora.down.weight``/``.lora.up.weight``
-  (older diffusers), ``.lora_down.weight``/``.lora_up.weight`` (kohya), ``.alpha``.
+  with ``_`` for ``.`` after a ``_`` prefix, or the old attention-processor name (``attn1.processor.to_q_lora``);
+* part suffix: one of ``PART_SUFFIXES``; each is named by the part ComfyUI's weight adapters read
+  (comfy/weight_adapter: ``lora_up.weight``, ``hada_w1_a``, ``lokr_w1``, ``oft_blocks``, ...; comfy/lora.py:
+  ``alpha``, ``dora_scale``, ``diff``, ``diff_b``, ``set_weight``), plus PEFT's ``lora_B.bias`` and
+  ``lora_magnitude_vector``.
 """
 
 from __future__ import annotations
@@ -25,35 +28,54 @@ from ..checkpoints.keymap import (
     diffusers_module_target,
 )
 
-DOWN, UP, ALPHA = "down", "up", "alpha"
+DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
+UP_BIAS, MAGNITUDE, DORA_SCALE = "lora_up.bias", "magnitude", "dora_scale"
+DIFF, DIFF_B, SET_WEIGHT = "diff", "diff_b", "set_weight"
+LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR_PARTS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")
+OFT_BLOCKS = "oft_blocks"
 
-ROLE_SUFFIXES = (
-    (".lora_A.weight", DOWN),
+# (key suffix, part). Suffixes are matched as key endings; no suffix here ends another one.
+PART_SUFFIXES = (
+    (".lora_A.weight", DOWN),  # PEFT, diffusers
     (".lora_B.weight", UP),
-    (".lora_A.default.weight", DOWN),
+    (".lora_A.default.weight", DOWN),  # PEFT state dicts with the adapter name kept
     (".lora_B.default.weight", UP),
-    (".lora.down.weight", DOWN),
+    (".lora_B.bias", UP_BIAS),  # PEFT lora_bias=True
+    (".lora_magnitude_vector", MAGNITUDE),  # PEFT DoRA
+    (".lora.down.weight", DOWN),  # older diffusers
     (".lora.up.weight", UP),
-    ("_lora.down.weight", DOWN),
+    ("_lora.down.weight", DOWN),  # diffusers attention processors
     ("_lora.up.weight", UP),
-    (".lora_down.weight", DOWN),
+    (".lora_down.weight", DOWN),  # kohya, LyCORIS LoRA/LoCon, ComfyUI's TrainLoraNode
     (".lora_up.weight", UP),
     (".alpha", ALPHA),
+    (".dora_scale", DORA_SCALE),  # LyCORIS / kohya DoRA
+    *((f".{part}", part) for part in LOHA_PARTS + LOKR_PARTS),
+    (f".{OFT_BLOCKS}", OFT_BLOCKS),
+    (".diff", DIFF),  # a full weight difference (TrainLoraNode: 1-D weights)
+    (".diff_b", DIFF_B),  # a bias difference (TrainLoraNode: every bias)
+    (".set_weight", SET_WEIGHT),
 )
 
 # Substrings of keys this loader recognises but cannot apply, with the reason shown to the user.
 UNSUPPORTED = (
-    ("lora_magnitude_vector", "DoRA is not supported"),
-    ("dora_scale", "DoRA is not supported"),
-    ("lora_mid", "LoCon/Tucker mid weights are not supported"),
-    (".lora_A.bias", "LoRA biases are not supported"),
-    (".lora_B.bias", "LoRA biases are not supported"),
-    ("hada_", "LoHa is not supported"),
-    ("lokr_", "LoKr is not supported"),
+    ("lora_mid", "LoCon/Tucker mid weights (convolutions) are not supported"),
+    ("hada_t1", "Tucker-decomposed LoHa (convolutions) is not supported"),
+    ("hada_t2", "Tucker-decomposed LoHa (convolutions) is not supported"),
+    ("lokr_t2", "Tucker-decomposed LoKr (convolutions) is not supported"),
+    (".lora_A.bias", "a bias on lora_A is not a PEFT LoRA part"),
+    (".rescale", "OFT rescale is not applied by ComfyUI's weight patches"),
+    (".a1.weight", "GLoRA is not supported"),
+    (".a2.weight", "GLoRA is not supported"),
+    (".b1.weight", "GLoRA is not supported"),
+    (".b2.weight", "GLoRA is not supported"),
+    (".w_norm", "norm-layer weights are not part of PixArt's DiT"),
+    (".b_norm", "norm-layer weights are not part of PixArt's DiT"),
 )
 
 PREFIXES = ("base_model.model.", PIPELINE_PREFIX, "unet.", COMFYUI_PREFIX, DIFFUSION_MODEL_PREFIX)
-UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_")
+UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
 
 # Linear/conv modules of our model (official names) that a LoRA may update. {i} is a block index.
 OFFICIAL_MODULES = (
@@ -100,10 +122,10 @@ def _underscore_templates() -> tuple[tuple[re.Pattern, str], ...]:
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """(module, role) of a LoRA key, role one of ``down``/``up``/``alpha``; role ``""`` for keys of no known kind."""
-    for suffix, role in ROLE_SUFFIXES:
+    """(module, part) of a LoRA key, part one of ``PART_SUFFIXES``' parts; ``""`` for keys of no known kind."""
+    for suffix, part in PART_SUFFIXES:
         if key.endswith(suffix):
-            return key[: -len(suffix)], role
+            return key[: -len(suffix)], part
     return key, ""
 
 
@@ -112,7 +134,7 @@ def unsupported_reason(key: str) -> str:
     for marker, reason in UNSUPPORTED:
         if marker in key:
             return reason
-    return "not a LoRA down/up/alpha tensor"
+    return "not a LoRA, LyCORIS (LoHa, LoKr, OFT, DoRA) or weight-difference tensor"
 
 
 def canonical_module(module: str) -> str:

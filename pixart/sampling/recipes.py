@@ -6,14 +6,16 @@ prove ``sample`` equal to that pipeline on the same weights, start latents and p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .schedules import NoiseSchedule, lcm_timesteps, spaced_timesteps
-from .solvers import Denoiser, sample_dpmpp_2m, sample_lcm, sample_one_step
+from ..errors import ScheduleError
+from .schedules import NoiseSchedule, lcm_timesteps, spaced_timesteps, validate_schedule
+from .solvers import Denoiser, guidance, sample_dpmpp_2m, sample_lcm, sample_one_step
 
 SOLVERS = ("one_step", "lcm", "dpmpp_2m")
 
@@ -39,16 +41,21 @@ class Recipe:
             raise ValueError(f"Recipe.steps must be >= 1, got {self.steps}")
         if self.solver == "one_step" and self.steps != 1:
             raise ValueError(f"Recipe: a one_step recipe takes 1 step, got {self.steps}")
-        if not 0 <= self.timestep < self.schedule.train_steps:
+        if self.solver == "one_step" and not 0 <= self.timestep < self.schedule.train_steps:
             raise ValueError(f"Recipe.timestep must be in 0..{self.schedule.train_steps - 1}, got {self.timestep}")
 
     def timesteps(self) -> list[int]:
         """The descending training timesteps the model is evaluated at."""
+        schedule = self.schedule
         if self.solver == "one_step":
-            return [self.timestep]
-        if self.solver == "lcm":
-            return lcm_timesteps(self.steps, self.original_steps, self.schedule.train_steps)
-        return spaced_timesteps(self.steps, self.spacing, self.schedule.train_steps)
+            timesteps = [self.timestep]
+        elif self.solver == "lcm":
+            timesteps = lcm_timesteps(self.steps, self.original_steps, schedule.train_steps)
+        else:
+            timesteps = spaced_timesteps(self.steps, self.spacing, schedule.train_steps)
+        source = f"{self.solver} recipe, {self.steps} steps"
+        validate_schedule(source, schedule.train_steps, timesteps, schedule.sigmas(), schedule.zero_terminal_snr)
+        return timesteps
 
 
 _V_ZSNR = NoiseSchedule(prediction="v_prediction", zero_terminal_snr=True)
@@ -57,6 +64,12 @@ RECIPES: dict[str, Recipe] = {
     "sigma-reference": Recipe(
         "dpmpp_2m", 20, cfg=4.5, reference="PixArtSigmaPipeline default: DPMSolverMultistepScheduler, 20 steps, CFG 4.5"
     ),
+    # clip_sample: the DMD demo (PixArt-sigma app/app_pixart_dmd.py) loads DDPMScheduler.from_pretrained(<DMD repo>,
+    # subfolder="scheduler") and calls the pipeline with timesteps=[400], guidance_scale=1; the distillation itself
+    # (train_scripts/train_pixart_dmd.py, eps_to_mu in scripts/DMD/transformer_train/generate.py) forms x_0 without
+    # clipping. The published scheduler_config.json (503 bytes, commit 57df7bb) could not be read here, so whether it
+    # sets clip_sample stays unconfirmed: the recipe keeps the unclipped x_0 of training; clip_sample=1.0 reproduces
+    # a DDPMScheduler with clip_sample on (tested both ways).
     "alpha-dmd-512": Recipe(
         "one_step", 1, timestep=400, reference="PixArt-alpha-DMD-XL-2-512x512: DDPMScheduler, timesteps=[400], CFG 1"
     ),
@@ -86,6 +99,45 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def model_recipe(name: str, schedule: NoiseSchedule, steps: int = 0, timestep: int | None = None) -> Recipe:
+    """``RECIPES[name]`` on the MODEL's own noise schedule: its timesteps are computed over the MODEL's training steps,
+    not a fixed 1000, and checked (:func:`validate_schedule`) instead of left for a sampler to clamp.
+
+    Args:
+        schedule: the MODEL's schedule (prediction type, zero terminal SNR, training steps T).
+        steps: model evaluations; 0 keeps the recipe's own (ignored by one-step recipes).
+        timestep: one-step recipes: the distillation timestep, in 0..T-1 (None keeps the recipe's 400).
+    Raises:
+        ScheduleError naming the recipe and setting: a prediction type or zero-terminal-SNR setting other than the
+        checkpoint's, a timestep outside the MODEL's range, more steps than the schedule has distinct timesteps.
+    """
+    if name not in RECIPES:
+        raise ScheduleError(f"recipe {name!r} is not one of {list(RECIPES)}")
+    base = RECIPES[name]
+    for setting in ("prediction", "zero_terminal_snr"):
+        wanted, found = getattr(base.schedule, setting), getattr(schedule, setting)
+        if wanted != found:
+            raise ScheduleError(
+                f"recipe {name!r}: is for a model with {setting} {wanted}, but the MODEL samples with {found}"
+            )
+    changes: dict = {"schedule": schedule}
+    if base.solver == "one_step":
+        changes["timestep"] = base.timestep if timestep is None else timestep
+        if not 0 <= changes["timestep"] < schedule.train_steps:
+            raise ScheduleError(
+                f"recipe {name!r}: timestep {changes['timestep']} is outside the MODEL's 0..{schedule.train_steps - 1} "
+                f"({schedule.train_steps} training steps)"
+            )
+    elif steps:
+        changes["steps"] = steps
+    try:
+        recipe = dataclasses.replace(base, **changes)
+        recipe.timesteps()
+    except ValueError as e:  # ScheduleError, Recipe's own field checks, lcm_timesteps' step range
+        raise ScheduleError(f"recipe {name!r}: {e}") from e
+    return recipe
+
+
 def pixart_denoiser(
     model: torch.nn.Module,
     caption: Tensor,
@@ -109,7 +161,7 @@ def pixart_denoiser(
         if not guided:
             return cond
         uncond = model(x, t, negative, negative_mask)[:, :channels]
-        return uncond + cfg * (cond - uncond)
+        return guidance(uncond, cond, cfg)
 
     return denoise
 

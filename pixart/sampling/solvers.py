@@ -17,6 +17,13 @@ from torch import Tensor
 from .schedules import NoiseSchedule, lcm_boundary
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+X0Model = Callable[[Tensor, int], Tensor]  # (sample at step i, i) -> (B, C_in, H, W) x_0 estimate, guidance applied
+
+
+def guidance(negative: Tensor, positive: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ``negative + scale (positive - negative)`` of two (B, ...)
+    predictions, diffusers' and ComfyUI's rule."""
+    return negative + scale * (positive - negative)
 
 
 def _call(denoise: Denoiser, x: Tensor, timestep: int) -> Tensor:
@@ -36,7 +43,14 @@ def sample_one_step(
 ) -> Tensor:
     """One-step distilled models (PixArt-alpha-DMD, Nitro): the x_0 prediction at ``timestep`` from unit-variance
     noise, optionally clamped to [-clip_sample, clip_sample] (diffusers DDPMScheduler's ``clip_sample``)."""
-    x0 = predict_x0(schedule, noise, _call(denoise, noise, timestep), schedule.alphas_cumprod()[timestep].item())
+    alpha_bar = schedule.alphas_cumprod()[timestep].item()
+    return one_step(lambda x, i: predict_x0(schedule, x, _call(denoise, x, timestep), alpha_bar), noise, clip_sample)
+
+
+def one_step(x0_model: X0Model, x: Tensor, clip_sample: float | None = None) -> Tensor:
+    """The one-step solver on an x_0 model: ``x0_model(x, 0)``, optionally clamped to [-clip_sample, clip_sample].
+    ``x`` is the start sample in whatever form ``x0_model`` takes (ComfyUI's samplers pass its VE form)."""
+    x0 = x0_model(x, 0)
     return x0 if clip_sample is None else x0.clamp(-clip_sample, clip_sample)
 
 
@@ -48,23 +62,53 @@ def sample_lcm(
     generator: torch.Generator | None = None,
     timestep_scaling: float = 10.0,
 ) -> Tensor:
-    """Latent Consistency Model multistep sampling (Luo et al. 2023, Alg. 1).
-
-    Each step maps x_t to ``c_skip x_t + c_out x_0_pred`` (``lcm_boundary``); between steps that estimate is noised
-    again to the next timestep with fresh noise drawn by ``torch.randn(shape, generator=generator)``, one draw per
-    step after the first, in the sample's dtype and on ``generator``'s device (CPU when None).
-    """
+    """Latent Consistency Model multistep sampling (``lcm_steps``) of a ``Denoiser``; the fresh noise between steps
+    is drawn by ``torch.randn(shape, generator=generator)``, one draw per step after the first, in the sample's dtype
+    and on ``generator``'s device (CPU when None)."""
     alpha_bar = schedule.alphas_cumprod()
+
+    def x0_model(x: Tensor, i: int) -> Tensor:
+        t = timesteps[i]
+        return predict_x0(schedule, x, _call(denoise, x, t), alpha_bar[t].item())
+
+    def draw(x: Tensor) -> Tensor:
+        device = generator.device if generator else None
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+    alpha_bars = [alpha_bar[t].item() for t in timesteps]
+    return lcm_steps(x0_model, noise, timesteps, alpha_bars, draw, timestep_scaling)
+
+
+def lcm_steps(
+    x0_model: X0Model,
+    noise: Tensor,
+    timesteps: Sequence[int],
+    alpha_bars: Sequence[float],
+    draw: Callable[[Tensor], Tensor],
+    timestep_scaling: float = 10.0,
+    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> Tensor:
+    """Latent Consistency Model multistep sampling (Luo et al. 2023, Alg. 1) on an x_0 model, in VP form.
+
+    Each step maps x_t to ``c_skip x_t + c_out x_0`` (``lcm_boundary``); between steps that estimate is noised again
+    to the next timestep with ``draw(x)``, fresh unit-variance noise shaped like x.
+
+    Args:
+        noise: (B, C_in, H, W) unit-variance start sample; timesteps: descending training timesteps;
+        alpha_bars: alpha_bar at each of them; callback: ``callback(i, x_t, estimate)`` after each step's estimate.
+    Returns:
+        x_0 (B, C_in, H, W).
+    """
     x = noise
     for i, t in enumerate(timesteps):
-        a = alpha_bar[t].item()
         c_skip, c_out = lcm_boundary(t, timestep_scaling)
-        denoised = c_out * predict_x0(schedule, x, _call(denoise, x, t), a) + c_skip * x
+        denoised = c_out * x0_model(x, i) + c_skip * x
+        if callback is not None:
+            callback(i, x, denoised)
         if i == len(timesteps) - 1:
             return denoised
-        a_next = alpha_bar[timesteps[i + 1]].item()
-        fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator else None)
-        x = math.sqrt(a_next) * denoised + math.sqrt(1.0 - a_next) * fresh.to(x.device)
+        a_next = alpha_bars[i + 1]
+        x = math.sqrt(a_next) * denoised + math.sqrt(1.0 - a_next) * draw(x)
     raise ValueError("sample_lcm: timesteps is empty")
 
 

@@ -31,7 +31,7 @@ from transformers import T5EncoderModel
 
 from ..config import COMPUTE_DTYPES
 from ..errors import T5Error, listing, short
-from ..io import SAFETENSORS_SUFFIXES
+from ..io import check_entry, weights_format
 from .checkpoint import KeyPlan, T5Layout, describe_file, describe_folder, plan_keys
 from .fp8 import is_float8, replace_linears, to_float8_bits, torch_float8
 
@@ -65,24 +65,22 @@ class Precision:
 def resolve_source(path: str | os.PathLike[str]) -> T5Source:
     """Classify ``path``: a ``.safetensors``/``.sft`` file, a text-encoder folder, or a diffusers pipeline root."""
     p = Path(path).expanduser()
-    if p.is_file():
-        if p.suffix not in SAFETENSORS_SUFFIXES:
+    if check_entry(p, T5Error, ("file", "folder"), "file or folder") == "file":
+        if weights_format(p) != "safetensors":
             raise T5Error(
                 f"{p}: expected a .safetensors file (or .sft) or a folder with config.json; "
                 f"'{short(p.suffix, 20)}' files are not read (pickled checkpoints can run code)"
             )
         return T5Source(p, p, False, ())
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return T5Source(p, p, True, (p, p / "tokenizer", p.parent / "tokenizer"))
-        if (p / "text_encoder" / "config.json").is_file():
-            return T5Source(p, p / "text_encoder", True, (p / "tokenizer", p / "text_encoder"))
-        found = sorted(child.name for child in p.iterdir())
-        raise T5Error(
-            f"{p}: expected a T5 text-encoder folder (config.json + model.safetensors or shards) or a diffusers "
-            f"pipeline folder holding text_encoder/ and tokenizer/; found {listing(found, 8)}"
-        )
-    raise T5Error(f"{p}: no such file or folder")
+    if (p / "config.json").is_file():
+        return T5Source(p, p, True, (p, p / "tokenizer", p.parent / "tokenizer"))
+    if (p / "text_encoder" / "config.json").is_file():
+        return T5Source(p, p / "text_encoder", True, (p / "tokenizer", p / "text_encoder"))
+    found = sorted(child.name for child in p.iterdir())
+    raise T5Error(
+        f"{p}: expected a T5 text-encoder folder (config.json + model.safetensors or shards) or a diffusers "
+        f"pipeline folder holding text_encoder/ and tokenizer/; found {listing(found, 8)}"
+    )
 
 
 def resolve_precision(dtype: torch.dtype, weight_dtype: torch.dtype | None, stored: torch.dtype | None) -> Precision:
