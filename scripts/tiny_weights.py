@@ -9,7 +9,7 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
 - T5 for ComfyUI's CLIPLoader (type pixart, a ``.pth``): ComfyUI builds a full T5-XXL whatever the file holds and
   recognises one by the shape of block 23's gated feed-forward. The file holds that, the norms and a token
   embedding as small strided views; the weights it lacks ComfyUI leaves uninitialised, so the server must hand out
-  zeroed memory for them (tests/comfy_host.py does, for its test servers).
+  zeroed memory for them (tests/comfy/comfy_session.py does, for its test server).
 - VAE (VAELoader): a tiny autoencoder in the TAESD layout, which ComfyUI's VAELoader recognises from its keys.
 - PixArt ControlNet (PixArtSigmaControlNetLoader): one copy of a tiny DiT's block (scripts/tiny_controlnet.py); the
   DiT files of such a workflow get 2 blocks, since a ControlNet's residual goes to block 1.

@@ -1,22 +1,21 @@
-"""The sampling recipes through ComfyUI's own sampling code, run in one process of ComfyUI's interpreter with a
-ComfyUI tree importable (tests/test_comfy_schedules.py starts it): our Few-Step Schedule and Noise Schedule nodes
-with the stock SamplerCustomAdvanced (RandomNoise, CFGGuider), KSampler and KSamplerAdvanced, on tiny weights,
-against ``pixart.sampling.sample`` / ``sample_two_stage`` on the same weights, prompt states, start noise and seed.
+"""The sampling recipes through ComfyUI's own sampling code, in the session's ComfyUI (marker ``comfy``): PixArt Sigma
+Few-Step Schedule + stock SamplerCustomAdvanced (DMD / Nitro one step, LCM 4 steps, YOSO v-prediction 1 step), PixArt
+Sigma Noise Schedule + stock KSampler dpmpp_2m (900M v-prediction zero-SNR; also PixArt Sigma DiT Loader alone on a
+pipeline folder whose scheduler config says so) and two stock KSamplerAdvanced (the 900M two-stage hand-over) give the
+latent of ``pixart.sampling.sample`` / ``sample_two_stage`` on the same tiny weights, prompt states, start noise and
+seed (fp32 <= 1e-4 relative); the one-step and LCM samplers refuse a start latent that is not empty.
 (tests/test_schedules.py proves those equal to diffusers' pipelines with the named schedulers.)
-
-Usage: python tests/comfy_schedules_inprocess.py COMFYUI_PATH WORK_DIR CHECK
-Runs one check of ``CHECKS`` in a fresh process; a failed check exits non-zero with its traceback. Only WORK_DIR is
-written to (the tiny models); the ComfyUI tree is read only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
 from pathlib import Path
 
-from comfy_inprocess import PACK, import_comfy, import_pack, node_result
+import pytest
+from node_calls import add_model_folder, call, node_result, outputs
+
+pytestmark = pytest.mark.comfy
 
 TOL = 1e-4
 SEED = 123
@@ -26,14 +25,14 @@ LATENT = (1, 4, 16, 16)  # 128 x 128 pixels
 class Setup:
     """Tiny DiT files (written on demand), prompt states, and the pack's nodes and pixart."""
 
-    def __init__(self, work: Path):
+    def __init__(self, comfyui, work):
         import torch
 
-        import_pack()
         self.torch = torch
+        self.comfyui = comfyui
         self.work = work
-        self.schedule = importlib.import_module(f"{PACK}.nodes.schedule")
-        self.comfy_model = sys.modules[f"{PACK}.nodes.comfy_model"]
+        self.schedule = comfyui.module("nodes.schedule")
+        self.comfy_model = comfyui.module("nodes.comfy_model")
         g = torch.Generator().manual_seed(11)
         self.pos = torch.randn(1, 9, 4096, generator=g)
         self.neg = torch.randn(1, 4, 4096, generator=g)
@@ -73,12 +72,9 @@ class Setup:
         return pixart_denoiser(model, self.pos, ones(1, 9), self.neg, ones(1, 4), cfg)
 
 
-def call(cls, **inputs) -> tuple:
-    """A stock node run as ComfyUI runs it: V3 (``execute``) or V1 (``FUNCTION``)."""
-    if hasattr(cls, "define_schema"):
-        output = cls.execute(**inputs)
-        return tuple(output.result) if hasattr(output, "result") else tuple(output)
-    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+@pytest.fixture(scope="module")
+def s(comfyui, tmp_path_factory) -> Setup:
+    return Setup(comfyui, tmp_path_factory.mktemp("recipes"))
 
 
 def scale_of(model) -> float:
@@ -96,7 +92,7 @@ def custom_advanced(s: Setup, model, recipe: str, latent=None, steps: int = 0, t
     returns the x_0 latent in the model's sampling scale."""
     import comfy_extras.nodes_custom_sampler as custom
 
-    sampler, sigmas = node_result_pair(s.schedule.PixArtSigmaFewStepSchedule.execute(model, recipe, steps, timestep))
+    sampler, sigmas = outputs(s.schedule.PixArtSigmaFewStepSchedule.execute(model, recipe, steps, timestep))
     positive, negative = s.conds()
     (noise,) = call(custom.RandomNoise, noise_seed=SEED)
     (guider,) = call(custom.CFGGuider, model=model, positive=positive, negative=negative, cfg=cfg)
@@ -111,10 +107,6 @@ def custom_advanced(s: Setup, model, recipe: str, latent=None, steps: int = 0, t
     return out["samples"] * scale_of(model)
 
 
-def node_result_pair(output) -> tuple:
-    return tuple(output.result) if hasattr(output, "result") else tuple(output)
-
-
 def noise_schedule(s: Setup, model, prediction: str, zsnr: bool):
     return node_result(s.schedule.PixArtSigmaNoiseSchedule.execute(model, prediction, zsnr))
 
@@ -122,7 +114,7 @@ def noise_schedule(s: Setup, model, prediction: str, zsnr: bool):
 # --- checks ---------------------------------------------------------------------------------------------------------
 
 
-def check_dmd_one_step(s: Setup) -> None:
+def test_dmd_one_step(s: Setup) -> None:
     """alpha-DMD-512 (an alpha-512 file): one step at timestep 400 from unit-variance noise, CFG 1."""
     from pixart.sampling import RECIPES, sample
 
@@ -133,7 +125,7 @@ def check_dmd_one_step(s: Setup) -> None:
     assert_close(got, want, "DMD one step")
 
 
-def check_nitro_timestep(s: Setup) -> None:
+def test_nitro_timestep(s: Setup) -> None:
     """Nitro-1 at another timestep (the node's setting) equals the recipe at that timestep."""
     from pixart.sampling import RECIPES, sample
 
@@ -145,7 +137,7 @@ def check_nitro_timestep(s: Setup) -> None:
     assert_close(got, want, "Nitro one step at timestep 250")
 
 
-def check_lcm_four_steps(s: Setup) -> None:
+def test_lcm_four_steps(s: Setup) -> None:
     """PixArt-LCM: 4 LCM steps (999, 759, 499, 259), boundary conditions, step noise continuing the seed's
     generator, CFG 1."""
     from pixart.sampling import RECIPES, sample
@@ -157,7 +149,7 @@ def check_lcm_four_steps(s: Setup) -> None:
     assert_close(got, want, "LCM 4 steps")
 
 
-def check_yoso_v_one_step(s: Setup) -> None:
+def test_yoso_v_one_step(s: Setup) -> None:
     """YOSO: LCM v-prediction, 1 step, on a MODEL the Noise Schedule node made v-prediction; the same recipe on an
     epsilon MODEL is refused with the fix named."""
     from pixart.sampling import RECIPES, sample
@@ -176,7 +168,7 @@ def check_yoso_v_one_step(s: Setup) -> None:
 
 def ksampler_900m(s: Setup, model):
     """Stock KSampler dpmpp_2m / simple (trailing spacing), CFG 4.5, 4 steps: the x_0 latent in sampling scale."""
-    comfy_nodes = sys.modules["nodes"]  # ComfyUI's nodes.py (see main)
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
 
     positive, negative = s.conds()
     (out,) = call(
@@ -195,7 +187,7 @@ def ksampler_900m(s: Setup, model):
     return out["samples"] * scale_of(model)
 
 
-def check_900m_v_zsnr_ksampler(s: Setup) -> None:
+def test_900m_v_zsnr_ksampler(s: Setup) -> None:
     """The v-prediction 900M: Noise Schedule (v, zero terminal SNR) + stock KSampler dpmpp_2m / simple (trailing
     spacing), CFG 4.5, 4 steps, equals the sigma-900m-v recipe."""
     from pixart.sampling import RECIPES, sample
@@ -234,18 +226,16 @@ def pipeline_folder(s: Setup, scheduler: dict) -> str:
     return "tiny_900m_pipeline/"
 
 
-def check_900m_pipeline_folder(s: Setup) -> None:
+def test_900m_pipeline_folder(s: Setup, monkeypatch) -> None:
     """PixArt Sigma DiT Loader on a pipeline folder whose scheduler config says v_prediction, zero terminal SNR and
     its own betas gives a v-prediction MODEL on that schedule: stock KSampler dpmpp_2m equals the sigma-900m-v recipe
     on the folder's schedule. The Noise Schedule node on top overrides prediction and zero terminal SNR and keeps the
     folder's betas; a single file loads on ComfyUI's default epsilon schedule."""
-    import folder_paths
-
     from pixart.sampling import RECIPES, NoiseSchedule, sample
 
-    comfy_sampling = importlib.import_module(f"{PACK}.nodes.comfy_sampling")
-    loader = importlib.import_module(f"{PACK}.nodes.dit_loader").PixArtSigmaDiTLoader
-    folder_paths.add_model_folder_path("diffusion_models", str(s.work), is_default=True)
+    comfy_sampling = s.comfyui.module("nodes.comfy_sampling")
+    loader = s.comfyui.module("nodes.dit_loader").PixArtSigmaDiTLoader
+    add_model_folder(monkeypatch, "diffusion_models", s.work)
     own = {"beta_start": 0.0002, "beta_end": 0.015, "num_train_timesteps": 1000}
     scheduler = {
         "_class_name": "DPMSolverMultistepScheduler",
@@ -278,12 +268,11 @@ def check_900m_pipeline_folder(s: Setup) -> None:
     assert carried(plain) is None and comfy_sampling.prediction_of(plain) == "epsilon"
 
 
-def check_900m_two_stage(s: Setup) -> None:
+def test_900m_two_stage(s: Setup) -> None:
     """The 900M two-stage hand-over: stage-1 and stage-2 files, each through the Noise Schedule node, two stock
     KSamplerAdvanced (steps 0-2 with leftover noise, then 2-4 without added noise) equal ``sample_two_stage``."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
     from pixart.sampling import RECIPES, sample_two_stage
-
-    comfy_nodes = sys.modules["nodes"]  # ComfyUI's nodes.py (see main)
 
     positive, negative = s.conds()
     latent = s.empty_latent()
@@ -313,7 +302,7 @@ def check_900m_two_stage(s: Setup) -> None:
     assert_close(latent["samples"] * scale_of(s.model()), want, "900M two-stage hand-over at 2 of 4 steps")
 
 
-def check_non_empty_latent_refused(s: Setup) -> None:
+def test_non_empty_latent_refused(s: Setup) -> None:
     """The one-step and LCM samplers refuse a start latent that is not empty (their unit-variance start would be
     wrong); an empty one runs."""
     latent = {"samples": s.torch.zeros(LATENT)}
@@ -325,30 +314,3 @@ def check_non_empty_latent_refused(s: Setup) -> None:
         except ValueError as e:
             assert "start latent is not empty" in str(e) and "PixArt Sigma Few-Step Schedule" in str(e), e
     assert s.torch.isfinite(custom_advanced(s, s.model(), "lcm")).all()
-
-
-CHECKS = {
-    "dmd_one_step": check_dmd_one_step,
-    "nitro_timestep": check_nitro_timestep,
-    "lcm_four_steps": check_lcm_four_steps,
-    "yoso_v_one_step": check_yoso_v_one_step,
-    "900m_v_zsnr_ksampler": check_900m_v_zsnr_ksampler,
-    "900m_pipeline_folder": check_900m_pipeline_folder,
-    "900m_two_stage": check_900m_two_stage,
-    "non_empty_latent_refused": check_non_empty_latent_refused,
-}
-
-
-def main() -> None:
-    comfy_path, work, name = sys.argv[1:4]
-    import_comfy(comfy_path)
-    importlib.import_module("nodes")  # ComfyUI's nodes.py, before the repository (with our nodes/) is on sys.path
-    import torch
-
-    torch.set_num_threads(2)
-    CHECKS[name](Setup(Path(work)))
-    print(f"{name}: ok")
-
-
-if __name__ == "__main__":
-    main()

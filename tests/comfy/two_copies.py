@@ -2,8 +2,8 @@
 which model code each pack's nodes use and what the global names ``pixart``, ``scripts``, ``tests`` resolve to.
 
 Run with ComfyUI's interpreter, isolated (``python -I``) from a scratch working directory:
-    python -I tests/comfy_two_copies.py COMFYUI_PATH PACK_FOLDER [PACK_FOLDER ...]
-Started by tests/test_comfy_package.py; nothing is written anywhere.
+    python -I tests/comfy/two_copies.py COMFYUI_PATH PACK_FOLDER [PACK_FOLDER ...]
+Started by tests/comfy/test_pack_package.py; nothing is written anywhere.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""PixArt Sigma CLIP Text Encode on a stock ComfyUI CLIP equals PixArt Sigma T5 Loader + Text Encode on the same T5
-file. Run in one process of ComfyUI's interpreter with a ComfyUI tree importable (tests/test_comfy_clip_encode.py
-starts it: one fresh process checks every file format).
+"""PixArt Sigma CLIP Text Encode (marker ``comfy``) on a stock ComfyUI CLIP equals PixArt Sigma T5 Loader + Text
+Encode on the same T5 file (<= 1e-5 relative, identical masks), and the plain CLIPTextEncode does not; in the
+session's ComfyUI, for each file format.
 
 The CLIP is loaded the way CLIPLoader loads it, ``comfy.sd.load_clip(paths, clip_type=SD3 or PIXART)``, from a tiny
 random T5 v1.1 (2 layers, width 32, the full 32128-row vocabulary so ComfyUI's bundled tokenizer fits) in ComfyUI's
@@ -17,20 +17,17 @@ file holds (too slow on CPU, and the tiny file would not fit it):
   feed-forward (10240 rows in 0.33, 4096 columns in 0.3.64), which a 2-layer file lacks. For a state dict holding
   block 0's gated feed-forward and no block 23 the wrappers answer "T5-XXL" and run ComfyUI's own
   ``sd3_clip.t5_xxl_detect`` on it (weight dtype, scaled-fp8 / quantization detection); every other state dict goes
-  to the originals.
+  to the originals (for the test only: ``monkeypatch`` puts them back).
 
 So ComfyUI's real loader, tokenizer, T5 code, fp8 ops and memory manager run; only the sizes are tiny.
-
-Usage: python tests/comfy_clip_inprocess.py COMFYUI_PATH WORK_DIR [FORMAT ...]   (default: all of ``FORMATS``)
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+import pytest
+from node_calls import add_model_folder, assert_close
 
-from comfy_inprocess import PACK, assert_close, import_comfy, import_pack
+pytestmark = pytest.mark.comfy
 
 TINY = {"d_model": 32, "num_heads": 4, "d_kv": 8, "d_ff": 64, "num_layers": 2}  # t5_fixtures.tiny_config's sizes
 BLOCK_0_FF = "encoder.block.0.layer.1.DenseReluDense.wi_1.weight"
@@ -41,7 +38,7 @@ PROMPTS = ("A Red Fox in the SNOW, 35mm photo.", "", LONG)
 FORMATS = ("fp16", "fp8_e4m3fn", "fp8_scaled")
 
 
-def write_t5(work: Path, file_format: str) -> Path:
+def write_t5(work, file_format: str):
     """The tiny T5 file in ComfyUI's key layout (see the module docstring)."""
     import t5_fixtures
     import torch
@@ -55,7 +52,7 @@ def write_t5(work: Path, file_format: str) -> Path:
     return t5_fixtures.write_single_file(path, stored | half)
 
 
-def recognise_tiny_t5() -> None:
+def recognise_tiny_t5(monkeypatch) -> None:
     """Wrap ComfyUI's T5-XXL detection so the tiny file counts as T5-XXL (see the module docstring)."""
     import comfy.sd
     import comfy.text_encoders.sd3_clip as sd3_clip
@@ -65,33 +62,46 @@ def recognise_tiny_t5() -> None:
     def tiny(sd) -> bool:
         return BLOCK_0_FF in sd and BLOCK_23_FF not in sd
 
-    comfy.sd.detect_te_model = lambda sd: comfy.sd.TEModel.T5_XXL if tiny(sd) else detect_te_model(sd)
+    monkeypatch.setattr(
+        comfy.sd, "detect_te_model", lambda sd: comfy.sd.TEModel.T5_XXL if tiny(sd) else detect_te_model(sd)
+    )
 
     def detect(clip_data):
         found = [sd for sd in clip_data if tiny(sd)]
         return sd3_clip.t5_xxl_detect(found[0]) if found else t5xxl_detect(clip_data)
 
-    comfy.sd.t5xxl_detect = detect
+    monkeypatch.setattr(comfy.sd, "t5xxl_detect", detect)
 
 
-def check(work: Path, file_format: str) -> None:
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: a second thread only adds synchronisation (100x slower on a busy host)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+def test_clip_encode_equals_t5_loader(comfyui, one_thread, tmp_path, monkeypatch, file_format) -> None:
     """Both CLIP types on one file format: our node's CONDITIONING equals PixArt Sigma Text Encode's for a short,
     an empty and an over-long prompt (Sigma and alpha); the CLIP went through ComfyUI's memory manager; the stock
     CLIPTextEncode result differs."""
     import comfy.model_management as mm
     import comfy.sd
-    import folder_paths
     import torch
 
-    import nodes as comfy_nodes  # ComfyUI's nodes.py (main imported it first)
+    import nodes as comfy_nodes  # ComfyUI's nodes.py
 
-    pack = sys.modules[PACK].__name__
-    clip_encode = importlib.import_module(f"{pack}.nodes.clip_encode")
-    text_encode = importlib.import_module(f"{pack}.nodes.text_encode")
-    t5_loader = importlib.import_module(f"{pack}.nodes.t5_loader")
+    clip_encode = comfyui.module("nodes.clip_encode")
+    text_encode = comfyui.module("nodes.text_encode")
+    t5_loader = comfyui.module("nodes.t5_loader")
 
-    path = write_t5(work, file_format)
-    folder_paths.add_model_folder_path("text_encoders", str(path.parent), is_default=True)
+    recognise_tiny_t5(monkeypatch)
+    path = write_t5(tmp_path, file_format)
+    add_model_folder(monkeypatch, "text_encoders", path.parent)
     ours = t5_loader.PixArtSigmaT5Loader.execute(path.name, "comfyui bundled", "fp32", "cpu", True).result[0]
 
     def conditioning(node, encoder, text, family):
@@ -115,22 +125,3 @@ def check(work: Path, file_format: str) -> None:
         mine, _ = conditioning(clip_encode.PixArtSigmaCLIPTextEncode, clip, PROMPTS[0], "sigma")
         same = stock.shape == mine.shape and torch.allclose(stock, mine, rtol=1e-3, atol=1e-5)
         assert not same, f"{what}: stock CLIPTextEncode gave our conditioning; the comparison cannot fail"
-
-
-def main() -> None:
-    comfy_path, work, *formats = sys.argv[1:]
-    import_comfy(comfy_path)
-    import torch
-
-    import nodes  # noqa: F401  ComfyUI's nodes.py, imported before our pack puts the repository on sys.path
-
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds synchronisation (100x slower on a busy host)
-    recognise_tiny_t5()
-    import_pack()
-    for file_format in formats or FORMATS:
-        check(Path(work), file_format)
-        print(f"{file_format}: ok")
-
-
-if __name__ == "__main__":
-    main()

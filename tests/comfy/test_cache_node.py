@@ -1,26 +1,20 @@
-"""PixArt Sigma Cache inside ComfyUI, run in one process of ComfyUI's interpreter with a ComfyUI tree importable
-(tests/test_comfy_cache.py starts it): the node on our MODEL with PixArt Sigma Sampler, KSampler and
-SamplerCustomAdvanced (dpmpp_2m, sgm_uniform) equals ``pixart``'s step cache (``GuidedDenoiser`` + ``TGate`` /
-``DBCache``) driven through ComfyUI's own DPM-Solver++ 2M on the same tiny weights, prompt states, noise and sigmas,
-reusing the same steps (the node's log line carries ``CacheStats.summary``); disabled settings equal the plain run
-exactly; heun (two calls per step) and LoRA weight patches run with it.
-
-Usage: python tests/comfy_cache_inprocess.py COMFYUI_PATH WORK_DIR [CHECK ...]
-Runs the named checks of ``CHECKS`` (all without names) in this process, which imports ComfyUI once; a failed check
-exits non-zero with its traceback. Only WORK_DIR is
-written to (the tiny model); the ComfyUI tree is read only.
+"""PixArt Sigma Cache inside the session's ComfyUI (marker ``comfy``): the node on our MODEL with PixArt Sigma Sampler,
+KSampler and SamplerCustomAdvanced (dpmpp_2m, sgm_uniform) equals ``pixart``'s step cache (``GuidedDenoiser`` +
+``TGate`` / ``DBCache``) driven through ComfyUI's own DPM-Solver++ 2M on the same tiny weights, prompt states, noise
+and sigmas (fp32 <= 1e-5 relative; the same setting shifted by one step differs by more than 10x that), reusing the
+same steps (the node's log line carries ``CacheStats.summary``); disabled settings equal the plain run exactly; heun
+(two calls per step) and LoRA weight patches run with it; T-GATE at CFG 1 refuses with a clear error.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-import sys
-from pathlib import Path
 
-from comfy_inprocess import PACK, Collect, import_comfy, import_pack, node_result
-from comfy_schedules_inprocess import call
+import pytest
+from node_calls import Collect, call, node_result, outputs, relative
+
+pytestmark = pytest.mark.comfy
 
 TOL = 1e-5  # fp32, ComfyUI's CFG on x_0 vs pixart's on epsilon
 STEPS, CFG, SEED, DEPTH = 8, 4.5, 7, 3
@@ -32,15 +26,14 @@ DBCACHE = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "residual_diff_thresh
 class Setup:
     """A tiny PixArt-Sigma file (3 blocks), our MODEL of it, prompt states, the cache node and log records."""
 
-    def __init__(self, work: Path, records: list[str]):
+    def __init__(self, comfyui, work, records: list[str]):
         import torch
         from safetensors.torch import save_file
 
-        import_pack()
         self.torch, self.records = torch, records
-        self.comfy_model = sys.modules[f"{PACK}.nodes.comfy_model"]
-        self.node = importlib.import_module(f"{PACK}.nodes.cache").PixArtSigmaCache
-        self.sampler_node = importlib.import_module(f"{PACK}.nodes.sampler").PixArtSigmaSampler
+        self.comfy_model = comfyui.module("nodes.comfy_model")
+        self.node = comfyui.module("nodes.cache").PixArtSigmaCache
+        self.sampler_node = comfyui.module("nodes.sampler").PixArtSigmaSampler
         self.path = work / "tiny_sigma.safetensors"
         save_file(narrow_state_dict(), str(self.path))
         g = torch.Generator().manual_seed(11)
@@ -65,7 +58,7 @@ class Setup:
         """PixArt Sigma Sampler -> the latent in the model's sampling scale, and the cache's log lines."""
         self.records.clear()
         positive, negative = self.conds()
-        (out,) = node_result_tuple(
+        (out,) = outputs(
             self.sampler_node.execute(
                 model, positive, negative, self.latent, SEED, steps, CFG, sampler, "sgm_uniform", 1.0
             )
@@ -110,6 +103,16 @@ class Setup:
         return out
 
 
+@pytest.fixture(scope="module")
+def s(comfyui, tmp_path_factory):
+    """The Setup, with the log's messages collected while the module runs."""
+    records: list[str] = []
+    handler = Collect(records)
+    logging.getLogger().addHandler(handler)
+    yield Setup(comfyui, tmp_path_factory.mktemp("cache"), records)
+    logging.getLogger().removeHandler(handler)
+
+
 def narrow_state_dict() -> dict:
     """A PixArt-Sigma state dict with official keys, DEPTH blocks 288 wide (4 heads; a few ms per call), random
     weights without zero-initialised gates, and the null caption official files carry."""
@@ -126,14 +129,6 @@ def narrow_state_dict() -> dict:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["y_embedder.y_embedding"] = torch.randn(config.caption_tokens, config.caption_channels) * 0.1
     return state
-
-
-def node_result_tuple(output) -> tuple:
-    return tuple(output.result) if hasattr(output, "result") else tuple(output)
-
-
-def relative(got, want) -> float:
-    return ((got - want).abs().max() / want.abs().max()).item()
 
 
 def assert_close(got, want, what: str, tol: float = TOL) -> None:
@@ -174,7 +169,7 @@ def stock_samplers(s: Setup, model):
     return ksampler["samples"] * scale, out["samples"] * scale
 
 
-def check_equals_pixart(s: Setup, method: str, settings: dict, make_cache, shifted: dict) -> None:
+def equals_pixart(s: Setup, method: str, settings: dict, make_cache, shifted: dict) -> None:
     """The node through each sampler equals pixart's cache through ComfyUI's dpmpp_2m, reusing the same steps; a
     pixart run with one setting shifted by a step differs by far more than the tolerance (the comparison sees a
     wrong step mapping, and that the setting matters at all); a second generation resets the state (same latent,
@@ -198,34 +193,34 @@ def check_equals_pixart(s: Setup, method: str, settings: dict, make_cache, shift
     assert err > 10 * TOL, f"{method}: shifting {shifted} changed the latent by only {err:.2e}"
 
 
-def check_tgate(s: Setup) -> None:
+def test_tgate(s: Setup) -> None:
     from pixart.caches import TGate, TGateConfig
 
     def make(settings):
         return TGate(TGateConfig(**settings))
 
-    check_equals_pixart(s, "T-GATE", TGATE, make, {"gate_step": TGATE["gate_step"] + 1})
+    equals_pixart(s, "T-GATE", TGATE, make, {"gate_step": TGATE["gate_step"] + 1})
 
 
-def check_first_block_cache(s: Setup) -> None:
+def test_first_block_cache(s: Setup) -> None:
     from pixart.caches import DBCache, DBCacheConfig
 
     def make(settings):
         return DBCache(DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, **settings))
 
-    check_equals_pixart(s, "first-block cache", FIRST_BLOCK, make, {"max_warmup_steps": 3})
+    equals_pixart(s, "first-block cache", FIRST_BLOCK, make, {"max_warmup_steps": 3})
 
 
-def check_dbcache(s: Setup) -> None:
+def test_dbcache(s: Setup) -> None:
     from pixart.caches import DBCache, DBCacheConfig
 
     def make(settings):
         return DBCache(DBCacheConfig(**settings))
 
-    check_equals_pixart(s, "DBCache", DBCACHE, make, {"max_warmup_steps": 4})
+    equals_pixart(s, "DBCache", DBCACHE, make, {"max_warmup_steps": 4})
 
 
-def check_disabled_equals_plain(s: Setup) -> None:
+def test_disabled_equals_plain(s: Setup) -> None:
     """off, T-GATE with gate_step = steps and sp_interval 1, first-block cache and DBCache at threshold 0: the plain
     run, bit for bit; a cache node set to off after a T-GATE one removes it."""
     torch = s.torch
@@ -253,7 +248,7 @@ def summary_counts(line: str) -> tuple[int, int]:
     return computed, reused
 
 
-def check_heun_and_lora(s: Setup) -> None:
+def test_heun_and_lora(s: Setup) -> None:
     """heun (two model calls per step): each schedule step is one cache step, the further calls run uncached; with
     a LoRA-style weight patch (before or after the node) the cache still runs, reuses steps and the patch counts."""
     for method, settings in (("T-GATE", TGATE), ("first-block cache", FIRST_BLOCK)):
@@ -283,7 +278,7 @@ def check_heun_and_lora(s: Setup) -> None:
         print(f"{order}: {lines[0]}")
 
 
-def check_tgate_needs_both_halves(s: Setup) -> None:
+def test_tgate_needs_both_halves(s: Setup) -> None:
     """CFG 1 (ComfyUI then runs the positive prompt alone): T-GATE refuses with an error that says why and what to
     use; first-block cache runs."""
     import comfy.sample
@@ -301,33 +296,3 @@ def check_tgate_needs_both_halves(s: Setup) -> None:
             print(f"{method} at CFG 1: {e}")
         else:
             assert method != "T-GATE", "T-GATE ran at CFG 1"
-
-
-CHECKS = {
-    "tgate": check_tgate,
-    "first_block_cache": check_first_block_cache,
-    "dbcache": check_dbcache,
-    "disabled_equals_plain": check_disabled_equals_plain,
-    "heun_and_lora": check_heun_and_lora,
-    "tgate_needs_both_halves": check_tgate_needs_both_halves,
-}
-
-
-def main() -> None:
-    comfy_path, work, *names = sys.argv[1:]
-    import_comfy(comfy_path)
-    importlib.import_module("nodes")  # ComfyUI's nodes.py, before the repository (with our nodes/) is on sys.path
-    import torch
-
-    torch.set_num_threads(2)
-    records: list[str] = []
-    logging.getLogger().addHandler(Collect(records))
-    logging.getLogger().setLevel(logging.INFO)
-    s = Setup(Path(work), records)
-    for name in names or CHECKS:
-        CHECKS[name](s)
-        print(f"{name}: ok", flush=True)
-
-
-if __name__ == "__main__":
-    main()

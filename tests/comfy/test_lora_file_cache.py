@@ -1,6 +1,7 @@
-"""The LoRA loader's file handling without ComfyUI: the parsed-LoRA cache follows the content (a file replaced
-keeping its modification time is read again), unreadable entries are the pack's LoraError naming the listed file,
-and the search for PEFT adapter folders is bounded in depth and follows each linked folder once (a link loop ends)."""
+"""The LoRA loader's file handling, in the session's ComfyUI (marker ``comfy``): the parsed-LoRA cache follows the
+content (a file replaced keeping its modification time is read again), unreadable entries are the pack's LoraError
+naming the listed file, and the search for PEFT adapter folders is bounded in depth and follows each linked folder
+once (a link loop ends)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from safetensors.torch import save_file
 LORA = "transformer_blocks.0.attn1.to_q.lora_{}.weight"
 
 
-@pytest.fixture
-def node(monkeypatch):
-    from node_pack import install_comfy_api_stub, load_pack
+pytestmark = pytest.mark.comfy
 
-    install_comfy_api_stub(monkeypatch)
-    module = load_pack().lora_loader
+
+@pytest.fixture
+def node(comfyui):
+    module = comfyui.module("nodes.lora_loader")
     module._parsed_lora.cache_clear()
     yield module
     module._parsed_lora.cache_clear()

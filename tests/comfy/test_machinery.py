@@ -1,102 +1,30 @@
-"""Checks of our MODEL inside ComfyUI's machinery, run in one process of ComfyUI's interpreter with a ComfyUI tree
-importable (tests/test_comfy_machinery.py starts it): wrappers, block patches, stock nodes (EasyCache,
-SkipLayerGuidanceDiT), deep clones, Cancel between blocks and ComfyUI's attention backends.
-
-Usage: python tests/comfy_inprocess.py COMFYUI_PATH WORK_DIR CHECK
-Runs one check of ``CHECKS`` (a fresh process each, so ComfyUI's global state never leaks between checks); a failed
-check exits non-zero with its traceback. Only WORK_DIR is written to (the tiny model); the ComfyUI tree is read only.
-"""
+"""Our MODEL inside ComfyUI's machinery (marker ``comfy``), in the session's ComfyUI: DIFFUSION_MODEL wrappers,
+``patches_replace`` block patches, EasyCache, SkipLayerGuidanceDiT, deep clones (MultiGPU), Cancel between blocks,
+ComfyUI's attention backends and its memory manager holding our T5; the numbers are compared with ``pixart`` run
+directly."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
-import sys
-import types
 from functools import partial
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PACK = "pixart_sigma_inprocess"  # the pack's package name here (ComfyUI uses the folder's path)
-STEPS = 4
-CFG = 4.5
+import pytest
+from model_setup import CFG, STEPS, Setup
+from node_calls import assert_close, node_result
 
-
-def import_comfy(comfy_path: str) -> None:
-    """ComfyUI's modules importable, on the CPU, without its argument parser."""
-    sys.path.insert(0, comfy_path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+pytestmark = pytest.mark.comfy
 
 
-def import_pack() -> types.ModuleType:
-    """The pack as a package, without running its ``__init__`` files (only the modules a check imports load)."""
-    for name, folder in ((PACK, REPO), (f"{PACK}.nodes", REPO / "nodes")):
-        module = types.ModuleType(name)
-        module.__path__ = [str(folder)]
-        sys.modules[name] = module
-    sys.path.insert(0, str(REPO))
-    return importlib.import_module(f"{PACK}.nodes.comfy_model")
-
-
-class Setup:
-    """A 2-block tiny PixArt-Sigma file, our MODEL of it, conditioning and noise."""
-
-    def __init__(self, comfy_path: Path, work: Path, comfy_model: types.ModuleType):
-        import torch
-        from safetensors.torch import save_file
-
-        from scripts import tiny_weights
-
-        self.torch = torch
-        self.comfy_path = comfy_path
-        self.comfy_model = comfy_model
-        self.path = work / "tiny_sigma.safetensors"
-        save_file(tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3), str(self.path))
-        g = torch.Generator().manual_seed(11)
-        self.pos = torch.randn(1, 9, 4096, generator=g)
-        self.neg = torch.randn(1, 4, 4096, generator=g)
-        self.noise = torch.randn(1, 4, 32, 32, generator=g)
-
-    def model(self, kv=None):
-        return self.comfy_model.load_model(self.path, "auto", self.torch.float32, kv)
-
-    def conds(self):
-        ones = self.torch.ones
-        return [[self.pos, {"attention_mask": ones(1, 9)}]], [[self.neg, {"attention_mask": ones(1, 4)}]]
-
-    def sample(self, model, steps=STEPS, sampler="euler", scheduler="normal", cfg=CFG):
-        import comfy.sample
-
-        positive, negative = self.conds()
-        latent = self.torch.zeros_like(self.noise)
-        return comfy.sample.sample(
-            model, self.noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0, disable_pbar=True
-        )
-
-    def reference(self, kv=None, token_chunk=None):
-        """Our ``pixart`` model of the same file, outside ComfyUI."""
-        import pixart
-
-        return pixart.load_dit(self.path, "auto", self.torch.float32, kv, token_chunk=token_chunk)
-
-
-def node_result(output):
-    """The MODEL of a stock node's result (a V3 ``NodeOutput`` or a V1 tuple)."""
-    return output.result[0] if hasattr(output, "result") else output[0]
-
-
-def assert_close(got, want, what: str, tol: float = 1e-5) -> None:
-    err = ((got - want).abs().max() / want.abs().max()).item()
-    assert err <= tol, f"{what}: max relative difference {err:.2e} > {tol:.0e}"
+@pytest.fixture(scope="module")
+def s(comfyui, tmp_path_factory) -> Setup:
+    return Setup(comfyui, tmp_path_factory.mktemp("machinery"))
 
 
 # --- checks ---------------------------------------------------------------------------------------------------------
 
 
-def check_wrapper_sees_every_call(s: Setup) -> None:
+def test_wrapper_sees_every_call(s: Setup) -> None:
     """A DIFFUSION_MODEL wrapper sees each model call with our inputs and may change the output."""
     import comfy.patcher_extension
 
@@ -127,7 +55,7 @@ def check_wrapper_sees_every_call(s: Setup) -> None:
     assert not torch.allclose(s.sample(model), plain), "a wrapper's output was ignored"
 
 
-def check_skip_layer_guidance(s: Setup) -> None:
+def test_skip_layer_guidance(s: Setup) -> None:
     """SkipLayerGuidanceDiT on block 0 (block 1 KV-compressed, token-chunked) equals CFG + scale * (cond - cond
     without block 0) computed with ``pixart``; with no layers it is the plain run."""
     import comfy_extras.nodes_slg as slg
@@ -170,26 +98,27 @@ def sampling_scale(model) -> float:
     return model.model.latent_format.scale_factor
 
 
-def check_easycache(s: Setup, records: list[str]) -> None:
+def test_easycache(s: Setup, caplog) -> None:
     """EasyCache skips steps on our MODEL (its log) and changes the latent; at reuse_threshold 0 it is the plain run."""
     import comfy_extras.nodes_easycache as easycache
 
     torch = s.torch
     plain = s.sample(s.model(), steps=10)
     exact = node_result(easycache.EasyCacheNode.execute(s.model(), 0.0, 0.15, 0.95, False))
-    records.clear()
+    caplog.set_level(logging.INFO)
+    caplog.clear()
     assert torch.equal(s.sample(exact, steps=10), plain), "EasyCache at reuse_threshold 0 changed the latent"
     cached = node_result(easycache.EasyCacheNode.execute(s.model(), 3.0, 0.0, 1.0, False))
-    records.clear()
+    caplog.clear()
     got = s.sample(cached, steps=10)
-    lines = [line for line in records if "skipped" in line]
-    assert lines, f"no EasyCache summary in the log: {records[-5:]}"
+    lines = [line for line in caplog.messages if "skipped" in line]
+    assert lines, f"no EasyCache summary in the log: {caplog.messages[-5:]}"
     skipped = int(lines[-1].split("skipped ")[1].split("/")[0])
     assert skipped > 0, lines[-1]
     assert not torch.equal(got, plain), "EasyCache skipped steps but the latent is unchanged"
 
 
-def check_deep_clone(s: Setup) -> None:
+def test_deep_clone(s: Setup) -> None:
     """A deep clone of the MODEL's patcher (0.33's MultiGPU deepclone, else copy.deepcopy) gives identical outputs,
     with a block patch and a wrapper carried over."""
     import comfy_extras.nodes_slg as slg
@@ -207,7 +136,7 @@ def check_deep_clone(s: Setup) -> None:
     assert torch.equal(s.sample(model), original), "the original changed after cloning"
 
 
-def check_cancel_between_blocks(s: Setup) -> None:
+def test_cancel_between_blocks(s: Setup) -> None:
     """Cancel pressed while block 0 runs stops the forward before block 1."""
     import comfy.model_management as mm
 
@@ -240,7 +169,7 @@ def check_cancel_between_blocks(s: Setup) -> None:
     assert ran == [0, 1], ran
 
 
-def check_block_patch_contract(s: Setup) -> None:
+def test_block_patch_contract(s: Setup) -> None:
     """A block replacement gets img/txt/vec/transformer_options with block bookkeeping; its original_block leaves
     args["img"] intact, honours a changed txt and returns {"img"}; patched and unpatched forwards agree."""
     torch = s.torch
@@ -271,7 +200,7 @@ def check_block_patch_contract(s: Setup) -> None:
     assert "block_index" not in options, "the forward wrote into the caller's transformer_options"
 
 
-def check_attention_backends(s: Setup) -> None:
+def test_attention_backends(s: Setup) -> None:
     """Our attention glue on each ComfyUI backend that runs on a CPU equals torch SDPA, for KV-compressed keys and
     caption masks of different lengths per sample; then a whole forward with each backend equals ``pixart``."""
     import comfy.ldm.modules.attention as attention
@@ -305,7 +234,7 @@ def check_attention_backends(s: Setup) -> None:
             assert_close(dit(x, t, captions, masks), want, f"whole forward on attention_{name}")
 
 
-def check_t5_in_memory_manager(s: Setup) -> None:
+def test_t5_in_memory_manager(s: Setup) -> None:
     """After PixArt Sigma Text Encode, ComfyUI's loaded models hold a patcher of our T5; "unload models" (what
     ``/free`` runs: ``unload_all_models``) takes it out; the next encode loads it again and gives the same states."""
     import comfy.model_management as mm
@@ -314,14 +243,13 @@ def check_t5_in_memory_manager(s: Setup) -> None:
     from scripts import tiny_weights
 
     torch = s.torch
-    pack = sys.modules[PACK]
     from pixart.text_encoder import load_t5
 
     path = s.path.parent / "t5_narrow.safetensors"
     save_file(tiny_weights.t5_state_dict(d_model=64), str(path))
-    tokenizer = s.comfy_path / "comfy" / "text_encoders" / "t5_tokenizer"
-    t5_model = importlib.import_module(f"{pack.__name__}.nodes.t5_model")
-    text_encode = importlib.import_module(f"{pack.__name__}.nodes.text_encode")
+    tokenizer = s.comfyui.tokenizer()
+    t5_model = s.comfyui.module("nodes.t5_model")
+    text_encode = s.comfyui.module("nodes.text_encode")
     encoder = load_t5(path, tokenizer=tokenizer, dtype=torch.float32)
     t5 = t5_model.ManagedT5(encoder, mm.text_encoder_device(), mm.text_encoder_offload_device())
 
@@ -341,45 +269,3 @@ def check_t5_in_memory_manager(s: Setup) -> None:
     assert torch.equal(states, states_again) and torch.equal(extra["attention_mask"], extra_again["attention_mask"])
     assert states.shape[1] == int(mask.sum()), (states.shape, mask.sum())
     assert_close(states, want[:, : states.shape[1]], "managed T5 vs pixart T5")
-
-
-CHECKS = {
-    "wrapper": check_wrapper_sees_every_call,
-    "block_patch_contract": check_block_patch_contract,
-    "skip_layer_guidance": check_skip_layer_guidance,
-    "easycache": check_easycache,
-    "deep_clone": check_deep_clone,
-    "cancel_between_blocks": check_cancel_between_blocks,
-    "attention_backends": check_attention_backends,
-    "t5_in_memory_manager": check_t5_in_memory_manager,
-}
-
-
-class Collect(logging.Handler):
-    """Keeps the messages of every log record (EasyCache reports what it skipped in the log)."""
-
-    def __init__(self, records: list[str]):
-        super().__init__(logging.INFO)
-        self.records = records
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record.getMessage())
-
-
-def main() -> None:
-    comfy_path, work, name = sys.argv[1:4]
-    import_comfy(comfy_path)
-    import torch
-
-    torch.set_num_threads(2)
-    records: list[str] = []
-    logging.getLogger().addHandler(Collect(records))
-    logging.getLogger().setLevel(logging.INFO)
-    s = Setup(Path(comfy_path), Path(work), import_pack())
-    check = CHECKS[name]
-    check(s, records) if name == "easycache" else check(s)
-    print(f"{name}: ok")
-
-
-if __name__ == "__main__":
-    main()

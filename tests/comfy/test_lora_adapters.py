@@ -1,22 +1,20 @@
-"""PixArt Sigma LoRA Loader inside ComfyUI's machinery, one check per process of ComfyUI's interpreter
-(tests/test_comfy_lora.py starts them): files trained by ComfyUI's own TrainLoraNode and synthetic LyCORIS / DoRA /
-PEFT files, applied by our loader through ComfyUI's weight adapters, on our MODEL of a 2-block tiny PixArt-Sigma.
-
-Usage: python tests/comfy_lora_inprocess.py COMFYUI_PATH WORK_DIR CHECK
-Checks: ``trained-<algorithm>`` for each algorithm the tree's TrainLoraNode offers (``algorithms`` prints them),
-``synthetic-<kind>`` for each kind of tests/lora_fixtures.py ``KINDS``, ``peft-lora_bias``, ``peft-use_dora``.
-Only WORK_DIR is written to; the ComfyUI tree is read only.
-"""
+"""PixArt Sigma LoRA Loader inside the session's ComfyUI machinery (marker ``comfy``): files trained by ComfyUI's own
+TrainLoraNode (LoRA, LoHa, LoKr, OFT) equal ComfyUI's LoraModelLoader on the trained result and differ without their
+bias updates; synthetic LyCORIS / DoRA / PEFT files (tests/lora_fixtures.py ``KINDS``, PEFT ``lora_bias`` and
+``use_dora``) equal the formulas' merged weights; all applied by our loader through ComfyUI's weight adapters, on our
+MODEL of a 2-block tiny PixArt-Sigma."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-from comfy_inprocess import PACK, Setup, assert_close, import_comfy, import_pack
+import pytest
+from lora_fixtures import KINDS
+from model_setup import Setup
+from node_calls import assert_close
 
+pytestmark = pytest.mark.comfy
+TRAINED = ["LoRA", "LoHa", "LoKr", "OFT"]  # TrainLoraNode's algorithms in 0.3.64 and 0.33 (weight_adapter.adapter_maps)
 STRENGTH = 0.8
 TRAIN = {"steps": 3, "learning_rate": 0.01, "rank": 4, "training_dtype": "fp32", "lora_dtype": "fp32", "seed": 5}
 NAMINGS_OF = {"loha": "simpletuner-lycoris", "lokr": "kohya-lycoris", "dora": "onetrainer", "oft": "comfyui"}
@@ -40,16 +38,18 @@ def run_node(cls, **given):
 
 
 class Loras:
-    """Our loader node, reading ``WORK_DIR/loras``, and ComfyUI's output folder in ``WORK_DIR/output``."""
+    """Our loader node reading ``work/loras`` only, and ComfyUI's output folder in ``work/output``, for one test
+    (undone by ``monkeypatch``)."""
 
-    def __init__(self, work: Path):
+    def __init__(self, comfyui, work, monkeypatch):
         import folder_paths
 
         self.folder = work / "loras"
         self.folder.mkdir(exist_ok=True)
-        folder_paths.folder_names_and_paths["loras"] = ([str(self.folder)], {".safetensors"})
-        folder_paths.set_output_directory(str(work / "output"))
-        self.node = importlib.import_module(f"{PACK}.nodes.lora_loader").PixArtSigmaLoraLoader
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(self.folder)], {".safetensors"}))
+        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+        monkeypatch.setattr(folder_paths, "output_directory", str(work / "output"))
+        self.node = comfyui.module("nodes.lora_loader").PixArtSigmaLoraLoader
 
     def apply(self, model, name: str, strength: float = STRENGTH):
         """Our PixArt Sigma LoRA Loader on ``name`` (in ``self.folder``)."""
@@ -61,6 +61,11 @@ class Loras:
 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.folder / name))
         return name
+
+
+@pytest.fixture(scope="module")
+def s(comfyui, tmp_path_factory) -> Setup:
+    return Setup(comfyui, tmp_path_factory.mktemp("lora-adapters"))
 
 
 def patched_state(model) -> dict:
@@ -79,7 +84,8 @@ def algorithms() -> list[str]:
     return list(adapter_maps)
 
 
-def check_trained(s: Setup, algorithm: str) -> None:
+@pytest.mark.parametrize("algorithm", TRAINED)
+def test_trained(s: Setup, tmp_path, monkeypatch, algorithm: str) -> None:
     """TrainLoraNode (a few steps) -> SaveLoRA -> our loader equals ComfyUI's LoraModelLoader on the trained
     result (sampled latents, <= 1e-5 relative), at strength 0.8 and 1; the saved file without its ``diff_b`` bias
     updates does not; strength 0 is the model without LoRA."""
@@ -88,14 +94,14 @@ def check_trained(s: Setup, algorithm: str) -> None:
     from safetensors.torch import load_file
 
     assert algorithm in algorithms(), f"this tree's TrainLoraNode offers {algorithms()}, not {algorithm}"
-    loras = Loras(s.path.parent)
+    loras = Loras(s.comfyui, tmp_path, monkeypatch)
     model = s.model()
     latents = {"samples": torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2))}
     outputs = run_node(train.TrainLoraNode, model=model, latents=latents, positive=s.conds()[0],
                        algorithm=algorithm, gradient_checkpointing=False, **TRAIN)  # fmt: skip
     (trained,) = [x for x in outputs if isinstance(x, dict) and any(k.startswith("diffusion_model.") for k in x)]
     run_node(train.SaveLoRA, lora=trained, prefix="loras/trained", steps=TRAIN["steps"])
-    (saved,) = (s.path.parent / "output" / "loras").glob("trained_*.safetensors")
+    (saved,) = (tmp_path / "output" / "loras").glob("trained_*.safetensors")
     tensors = load_file(str(saved))
     assert tensors.keys() == trained.keys(), "SaveLoRA wrote other keys than TrainLoraNode returned"
     assert any(k.endswith(".diff_b") for k in tensors), sorted(tensors)[:8]
@@ -113,13 +119,14 @@ def check_trained(s: Setup, algorithm: str) -> None:
     print(f"{algorithm}: {len(tensors)} tensors, without biases off by {err:.1e}")
 
 
-def check_synthetic(s: Setup, kind: str) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_synthetic(s: Setup, tmp_path, monkeypatch, kind: str) -> None:
     """A synthetic ``kind`` file (tests/lora_fixtures.py) through our loader equals the formulas' merged weights
     (<= 1e-5 per weight), at strength 0.8; strength 0 leaves the weights as they are."""
     import lora_fixtures
     from safetensors.torch import load_file
 
-    loras = Loras(s.path.parent)
+    loras = Loras(s.comfyui, tmp_path, monkeypatch)
     model = s.model()
     base = load_file(str(s.path))
     naming = NAMINGS_OF[kind]
@@ -131,7 +138,8 @@ def check_synthetic(s: Setup, kind: str) -> None:
     assert _same(patched_state(loras.apply(model, name, 0.0)), base), "strength 0 changed weights"
 
 
-def check_peft(s: Setup, option: str) -> None:
+@pytest.mark.parametrize("option", ["lora_bias", "use_dora"])
+def test_peft(s: Setup, tmp_path, monkeypatch, option: str) -> None:
     """A PEFT adapter folder (diffusers names) with ``lora_B`` biases or DoRA magnitudes, written as
     ``save_pretrained`` writes it, through our loader equals ``pixart.lora.merge_lora`` of it (itself equal to
     PEFT's own merge: tests/test_lora_formats.py)."""
@@ -140,7 +148,7 @@ def check_peft(s: Setup, option: str) -> None:
 
     import pixart.lora
 
-    loras = Loras(s.path.parent)
+    loras = Loras(s.comfyui, tmp_path, monkeypatch)
     model = s.model()
     base = load_file(str(s.path))
     g = torch.Generator().manual_seed(6)
@@ -178,28 +186,3 @@ def _same(a: dict, b: dict) -> bool:
     import torch
 
     return all(torch.equal(a[k].float(), b[k].float()) for k in a if k in b)
-
-
-def main() -> None:
-    comfy_path, work, name = sys.argv[1:4]
-    import_comfy(comfy_path)
-    import torch
-
-    torch.set_num_threads(2)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    s = Setup(Path(comfy_path), Path(work), import_pack())
-    if name == "algorithms":
-        print("algorithms:", json.dumps(algorithms()))
-    elif name.startswith("trained-"):
-        check_trained(s, name.removeprefix("trained-"))
-    elif name.startswith("synthetic-"):
-        check_synthetic(s, name.removeprefix("synthetic-"))
-    elif name.startswith("peft-"):
-        check_peft(s, name.removeprefix("peft-"))
-    else:
-        raise SystemExit(f"unknown check {name!r}")
-    print(f"{name}: ok")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,34 +3,27 @@ VAE decode, headless, on tiny random weights (scripts/tiny_weights.py).
 
 The LoRA's effect is checked against the same workflow run on a DiT file with the LoRA merged in by
 ``pixart.lora.merge_lora`` (itself checked against PEFT in tests/test_lora.py): same latent up to fp32 rounding.
-In-process checks (tests/comfy_lora_inprocess.py, one process of ComfyUI's interpreter each): files trained by the
-tree's own TrainLoraNode (LoRA, LoHa, LoKr, OFT) equal ComfyUI's LoraModelLoader on the trained result and differ
-without their bias updates; synthetic LyCORIS / DoRA / PEFT files equal the formulas' merged weights.
-Run: ``COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/python python -m pytest -m comfy
-tests/test_comfy_lora.py``.
+All on the session's one server (tests/comfy/conftest.py), whose models folder gets the LoRA files first. Files
+trained by the tree's own TrainLoraNode and synthetic LyCORIS / DoRA / PEFT files: tests/comfy/test_lora_adapters.py.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from comfy_host import error_message, example_prompts, find_comfy, nodes_of, run_inprocess, start_server, tiny_weights
-from lora_fixtures import KINDS, random_lora, write_adapter_folder, write_kohya, write_official_keys
+from lora_fixtures import random_lora, write_adapter_folder, write_kohya, write_official_keys
 from safetensors.torch import load_file
+from workflow_latents import nodes_of, prompts_of
 
 from pixart import VARIANTS, PixArtTransformer
 from pixart.lora import load_lora, merge_lora
+from scripts.comfy_server import error_message
 
 pytestmark = pytest.mark.comfy
-COMFY, WHY = find_comfy()
 BASE_PROMPT = "pixart_sigma_stock_ksampler"  # DiT loader -> KSampler -> VAE decode -> SaveImage
 TOL = 1e-4  # patched weights vs a pre-merged file: both fp32, rounding differs in the last bits only
-SCRIPT = Path(__file__).resolve().parent / "comfy_lora_inprocess.py"
-TRAINED = ["LoRA", "LoHa", "LoKr", "OFT"]  # TrainLoraNode's algorithms in 0.3.64 and 0.33 (weight_adapter.adapter_maps)
-INPROCESS = [f"trained-{a}" for a in TRAINED] + [f"synthetic-{k}" for k in KINDS] + ["peft-lora_bias", "peft-use_dora"]
 
 
 def merged_name(tag: str) -> str:
@@ -38,15 +31,10 @@ def merged_name(tag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """A started server whose models/ holds the tiny example models, LoRAs in three namings, and DiT files with
-    those LoRAs merged in (same format and name pattern as the base DiT, so they load the same way)."""
-    if COMFY is None:
-        pytest.skip(WHY)
-    base = tmp_path_factory.mktemp("comfy-lora")
-    models = base / "models"
-    prompt = example_prompts()[BASE_PROMPT]
-    tiny_weights.write_tiny_models(models, [prompt])
+def host(server, models):
+    """The session's server, its models folder now also holding LoRAs in three namings, and DiT files with those
+    LoRAs merged in (same format and name pattern as the base DiT, so they load the same way)."""
+    prompt = prompts_of("examples")[BASE_PROMPT]
     dit_file = models / "diffusion_models" / prompt[nodes_of(prompt, "PixArtSigmaDiTLoader")[0]]["inputs"]["ckpt_name"]
     dit = torch.load(dit_file, weights_only=True)
     loras = models / "loras"
@@ -70,9 +58,7 @@ def host(tmp_path_factory):
         for name, strength in stack:
             merged = merge_lora(merged, load_lora(loras / name), strength)
         torch.save(merged, models / "diffusion_models" / merged_name(tag))
-    server = start_server(COMFY, base)
-    yield server
-    server.stop()
+    return server
 
 
 def _modules(state: dict) -> list[str]:
@@ -82,7 +68,7 @@ def _modules(state: dict) -> list[str]:
 def lora_prompt(loras: list[tuple[str, float]], dit: str | None = None, builtin: bool = False) -> dict:
     """The stock-KSampler example at 256 px, 3 steps, fp32 T5, with LoRA loaders chained between DiT and KSampler,
     and its latent saved. ``builtin``: load the DiT with ComfyUI's own UNETLoader (its PixArt needs 512 px)."""
-    prompt = copy.deepcopy(example_prompts()[BASE_PROMPT])
+    prompt = copy.deepcopy(prompts_of("examples")[BASE_PROMPT])
     (dit_id,), (sampler_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader"), nodes_of(prompt, "KSampler")
     (latent_id,), (t5_id,) = nodes_of(prompt, "EmptyLatentImage"), nodes_of(prompt, "PixArtSigmaT5Loader")
     prompt[latent_id]["inputs"].update(width=512 if builtin else 256, height=512 if builtin else 256)
@@ -178,10 +164,3 @@ def test_works_on_comfyui_builtin_pixart(host):
     want, _ = run_latent(host, lora_prompt([], dit=merged_name("a1"), builtin=True))
     base, _ = run_latent(host, lora_prompt([], builtin=True))
     assert rel_err(got, want) < TOL and rel_err(got, base) > 1e-3
-
-
-@pytest.mark.parametrize("check", INPROCESS)
-def test_trained_and_lycoris_files_through_comfyui(check, tmp_path):
-    if COMFY is None:
-        pytest.skip(WHY)
-    run_inprocess(SCRIPT, COMFY, tmp_path, [check])

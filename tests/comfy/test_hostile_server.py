@@ -8,33 +8,28 @@
   images cannot: each refused with the numbers and a way out, and the server's peak RSS does not jump;
 - a DiT file symlinked into models/diffusion_models, and one inside a symlinked folder, are listed and load.
 
-Run: ``COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/python python -m pytest -m comfy
-tests/test_comfy_hostile.py`` (ComfyUI 0.3.64 also wants its frontend packages on PYTHONPATH).
+All on the session's one server (tests/comfy/conftest.py), whose models folder gets these files first.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
 import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
-from comfy_host import error_message, find_comfy, start_server, tiny_weights
 from safetensors.torch import load_file, save_file
 
 from pixart import VARIANTS
 from pixart.memory import sampling_memory
 from pixart.model import CPU_TOKEN_CHUNK
+from scripts.comfy_server import error_message
 
 pytestmark = pytest.mark.comfy
-COMFY, WHY = find_comfy()
-REPO = Path(__file__).resolve().parents[1]
 DIT = "PixArt-Sigma-XL-2-1024-MS.pth"
 T5 = "t5xxl_fp16.safetensors"
 # Catastrophic backtracking: matched the way PEFT matches rank_pattern keys (``(.*\.)?(KEY)$`` against a module name),
@@ -94,23 +89,17 @@ def write_redos_loras(loras: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """A started server with the tiny T5 and DiT, the ReDoS LoRAs, and the DiT's file also outside models/ (a hard
-    link), symlinked in as a file (``linked-file.pth``) and through a symlinked folder (``linked-folder/<OUTSIDE>``)."""
-    if COMFY is None:
-        pytest.skip(WHY)
-    base = tmp_path_factory.mktemp("comfy-hostile")
-    models = base / "models"
-    tiny_weights.write_tiny_models(models, [prompt_for("unused")])
+def host(server, models, tmp_path_factory):
+    """The session's server, its models folder now also holding the ReDoS LoRAs, and the DiT's file also outside
+    models/ (a hard link), symlinked in as a file (``linked-file.pth``) and through a symlinked folder
+    (``linked-folder/<OUTSIDE>``)."""
     write_redos_loras(models / "loras")
     outside = tmp_path_factory.mktemp("outside-models")
     dits = models / "diffusion_models"
     os.link(dits / DIT, outside / OUTSIDE)
     (dits / "linked-file.pth").symlink_to(outside / OUTSIDE)
     (dits / "linked-folder").symlink_to(outside, target_is_directory=True)
-    server = start_server(COMFY, base)
-    yield server
-    server.stop()
+    return server
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -152,17 +141,6 @@ def peak_rss(pid: int) -> int:
 def reset_peak_rss(pid: int) -> None:
     """Set a process's VmHWM to its current RSS (Linux ``clear_refs`` 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def memory_module():
-    """nodes/memory.py on its own (it imports nothing of ComfyUI or of the package)."""
-    name = "pixart_sigma_node_memory"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "nodes" / "memory.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # its dataclass looks its module up while being built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # --- a ReDoS LoRA in the queue, Cancel ----------------------------------------------------------------------------
@@ -209,12 +187,12 @@ def test_redos_lora_does_not_freeze_the_server_and_cancel_ends_sampling(host):
 # --- sizes that cannot fit ----------------------------------------------------------------------------------------
 
 
-def test_sizes_that_cannot_fit_are_refused_before_allocating(host):
+def test_sizes_that_cannot_fit_are_refused_before_allocating(comfyui, host):
     """At 16384 x 16384 px: the smallest batch whose sampling (lower bound of nodes/memory.py, 16-bit activations)
     needs twice the server's free memory while its latent and images take under half of it, through PixArt Sigma
     Sampler; and the smallest batch whose images alone need twice the free memory, through PixArt Sigma Resolution.
     Each ends with the numbers and a way out, and the server's peak RSS grows by under 1 GiB."""
-    memory, side, pid = memory_module(), 16384, host.process.pid
+    memory, side, pid = comfyui.module("nodes.memory"), 16384, host.process.pid
     free = answer(host, "/system_stats")["system"]["ram_free"]
     config = VARIANTS["sigma-1024"]
 

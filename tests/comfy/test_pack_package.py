@@ -1,42 +1,39 @@
 """The pack as an ordinary package inside ComfyUI (marker ``comfy``): two copies of it side by side (what a zip
 download beside a clone makes) each run their own model code, and the pack claims no global module names.
 
-ComfyUI's own loader (``nodes.load_custom_node``) imports both folders in one process of ComfyUI's interpreter
-(tests/comfy_two_copies.py); the second copy's ``pixart`` carries a marker, so a copy using the other's model code
-would show.
+ComfyUI's own loader (``nodes.load_custom_node``) imports both folders in one fresh process of the session's
+interpreter (tests/comfy/two_copies.py): the check needs a process that has imported neither ``pixart`` nor a copy of
+the pack yet, which the session's own process is not. The second copy's ``pixart`` carries a marker, so a copy using
+the other's model code would show.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import find_comfy
+from comfy_session import STARTED
 
 pytestmark = pytest.mark.comfy
-COMFY, WHY = find_comfy()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NODES = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
          "PixArtSigmaResolution", "PixArtSigmaLoraLoader"}  # fmt: skip
 
 
-def load_in_comfy(folders: list[Path], scratch: Path) -> dict:
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    script = REPO / "tests" / "comfy_two_copies.py"
-    cmd = [python, "-I", "-B", str(script), str(COMFY), *map(str, folders)]
+def load_in_comfy(comfyui, folders: list[Path], scratch: Path) -> dict:
+    script = Path(__file__).resolve().parent / "two_copies.py"
+    cmd = [sys.executable, "-I", "-B", str(script), str(comfyui.root), *map(str, folders)]
+    STARTED["subprocesses"] += 1
     done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_two_copies_each_use_their_own_model_code(tmp_path):
-    if COMFY is None:
-        pytest.skip(WHY)
+def test_two_copies_each_use_their_own_model_code(comfyui, tmp_path):
     custom = tmp_path / "custom_nodes"
     custom.mkdir()
     ours = custom / "comfyui-pixart-sigma"
@@ -47,7 +44,7 @@ def test_two_copies_each_use_their_own_model_code(tmp_path):
         f.write('\nCOPY_MARKER = "main"\n')
     scratch = tmp_path / "cwd"
     scratch.mkdir()
-    report = load_in_comfy([ours, copy], scratch)
+    report = load_in_comfy(comfyui, [ours, copy], scratch)
 
     packs = report["packs"]
     for folder, marker in ((ours, None), (copy, "main")):

@@ -1,0 +1,123 @@
+"""One ComfyUI per test session: imported into the pytest process (CPU, a temporary base directory, the pack loaded
+by ComfyUI's own custom-node loader), and at most one server of the same tree started for the HTTP-level checks.
+
+pytest runs under the tree's interpreter (scripts/run_tests.py: ``<its python> -m pytest -m comfy`` with
+``COMFYUI_PATH``); tests/comfy/conftest.py holds the fixtures. ``STARTED`` counts the ComfyUI processes the session
+starts besides itself (the conftest prints them at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.comfy_server import PACK_NAME, ComfyServer
+from scripts.comfy_tree import REPO, comfy_version
+
+STARTED = {"imported": 0, "servers": 0, "subprocesses": 0}
+THREADS = 2  # torch threads in the tests and in the server
+
+
+@dataclass(frozen=True)
+class Comfy:
+    """The ComfyUI imported into this process: its tree, its version, the base directory it reads and writes (models,
+    output, custom_nodes) and the package name under which its loader imported the pack."""
+
+    root: Path
+    version: str
+    base: Path
+    package: str
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    def module(self, name: str):
+        """A module of the pack as ComfyUI imported it, e.g. ``module("nodes.sampler")``."""
+        return importlib.import_module(f"{self.package}.{name}")
+
+    def tokenizer(self) -> Path:
+        """The T5 tokenizer ComfyUI bundles."""
+        return self.root / "comfy" / "text_encoders" / "t5_tokenizer"
+
+
+def import_comfy(root: Path, base: Path) -> Comfy:
+    """Import ComfyUI from ``root`` as ``main.py`` would, without its argument parser: CPU, ``base`` as base
+    directory, the built-in extra nodes (comfy_extras) registered, then this repository loaded from
+    ``base/custom_nodes/<pack>`` by ``nodes.load_custom_node``. Raises ImportError when this interpreter cannot."""
+    sys.path.insert(0, str(root))  # before the repository: ``nodes`` is ComfyUI's nodes.py here
+    import comfy.cli_args
+
+    args = comfy.cli_args.args
+    args.cpu, args.base_directory = True, str(base)
+    import folder_paths
+
+    import nodes
+
+    assert Path(folder_paths.base_path) == base, (folder_paths.base_path, base)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    link = base / "custom_nodes" / PACK_NAME
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(REPO, target_is_directory=True)
+    if not asyncio.run(nodes.load_custom_node(str(link))):
+        raise RuntimeError(f"ComfyUI's loader did not load {link} (its log says why)")
+    STARTED["imported"] = 1
+    return Comfy(root, comfy_version(root), base, str(link).replace(".", "_x_"))
+
+
+# Test-only sitecustomize for the server: CPU ``torch.empty`` of 1 MiB or more returns zeroed memory (calloc'd
+# through numpy, so untouched pages stay shared zero pages). ComfyUI builds a full T5-XXL for CLIPLoader(type pixart)
+# and leaves the weights a file lacks uninitialised; the small T5-XXL stand-in of scripts/tiny_weights.py relies on
+# those reading as zeros, which plain ``torch.empty`` does not promise (reused memory may hold NaNs).
+ZEROED_EMPTY = """
+import math
+
+import numpy as np
+import torch
+
+_empty = torch.empty
+torch.set_num_threads({threads})
+
+
+def _zeroed_empty(*size, dtype=None, device=None, **kwargs):
+    shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+    dtype = dtype or torch.get_default_dtype()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if kwargs or not on_cpu or not all(isinstance(n, int) for n in shape):
+        return _empty(*size, dtype=dtype, device=device, **kwargs)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < 1 << 20:
+        return _empty(*size, dtype=dtype, device=device, **kwargs)
+    return torch.from_numpy(np.zeros(nbytes, np.uint8)).view(dtype).view(shape)
+
+
+torch.empty = _zeroed_empty
+"""
+
+
+def start_server(comfy: Comfy) -> ComfyServer:
+    """A started server of the same tree and interpreter on loopback (CPU), with the session's base directory (its
+    models, and the pack in custom_nodes/) and ZEROED_EMPTY loaded."""
+    site = comfy.base / "test-site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(ZEROED_EMPTY.format(threads=THREADS))
+    paths = [str(site), os.environ.get("PYTHONPATH")]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, paths)), "OMP_NUM_THREADS": str(THREADS)}
+    server = ComfyServer(
+        comfy.root, comfy.base, sys.executable, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env
+    )
+    STARTED["servers"] += 1
+    return server.start()
+
+
+def summary() -> str:
+    """One line: the ComfyUI processes this session used."""
+    total = STARTED["imported"] + STARTED["servers"] + STARTED["subprocesses"]
+    return (
+        f"ComfyUI processes: {total} (this pytest process {STARTED['imported']}, servers {STARTED['servers']}, "
+        f"other interpreters {STARTED['subprocesses']})"
+    )
