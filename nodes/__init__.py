@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .cache import PixArtSigmaCache
 from .clip_encode import PixArtSigmaCLIPTextEncode
+from .controlnet import PixArtSigmaControlNetLoader
 from .dit_loader import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
@@ -25,6 +26,7 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaFewStepSchedule,
     PixArtSigmaNoiseSchedule,
     PixArtSigmaCache,
+    PixArtSigmaControlNetLoader,
 ]
 
 

@@ -24,6 +24,7 @@ from ..pixart.sampling import NoiseSchedule
 from ..pixart.text_encoder import check_caption_width
 from .comfy_blocks import comfy_block_hook
 from .comfy_cache import CACHE_RUN
+from .comfy_controlnet import control_block_hook
 from .comfy_memory import add_memory_check, call_memory
 from .common import check_latent, pad_caption
 
@@ -96,18 +97,20 @@ class ComfyPixArtTransformer(PixArtTransformer):
         executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers)
         return executor.execute(x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **kwargs)
 
-    def _forward(self, x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **_unused):
-        """(B, C_in, H, W) latents, (B,) timesteps, (B, L, C_caption) caption -> (B, C_in, H, W) epsilon. Keyword
-        arguments of ComfyUI that PixArt has no use for (``control``, ...) are ignored."""
+    def _forward(self, x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, control=None, **_unused):
+        """(B, C_in, H, W) latents, (B,) timesteps, (B, L, C_caption) caption -> (B, C_in, H, W) epsilon. ``control``:
+        PixArt ControlNet residuals for the block inputs (nodes/comfy_controlnet.py). Other keyword arguments of
+        ComfyUI that PixArt has no use for are ignored."""
         cfg = self.config
         check_latent(cfg, tuple(x.shape), "PixArt Sigma")
         check_caption_width(context.shape[-1], cfg.caption_channels)
         hook = comfy_block_hook(self.blocks, dict(transformer_options))
         attention = comfy_attention(transformer_options)  # this call's: a per-model override applies
+        controls = [h for h in (control_block_hook(control),) if h is not None]
         forward = super().forward
 
         def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=()):
-            hooks = [*block_hooks, hook]  # a step cache's hooks outside ComfyUI's
+            hooks = [*block_hooks, *controls, hook]  # a step cache's hooks outside the control, ComfyUI's inside
             out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks, attention)
             return out[:, : cfg.in_channels]
 
