@@ -3,13 +3,14 @@ name the problem, checks before a prompt runs, sizes refused before allocation; 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
 import pytest
 from workflow_latents import fast, nodes_of, prompts_of
 
-from scripts.comfy_server import error_message
+from scripts.comfy_server import PromptRejected, error_message
 
 pytestmark = pytest.mark.comfy
 
@@ -93,9 +94,9 @@ def test_bad_inputs_are_refused_before_the_prompt_runs(server, node_type, change
     prompt = fast(prompts_of("v0_1")["pixart_sigma_1024"], "test_refused")
     (node_id,) = nodes_of(prompt, node_type)
     prompt[node_id]["inputs"].update(change)
-    with pytest.raises(RuntimeError) as rejected:  # PromptRejected: nothing was queued
+    with pytest.raises(PromptRejected) as rejected:  # nothing was queued
         server.queue(prompt)
-    text = str(rejected.value)
+    text = json.dumps(rejected.value.answer)  # ComfyUI's reply: the errors by node id
     assert expected in text and f'"{node_id}"' in text, text
 
 
