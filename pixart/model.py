@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache, partial
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -23,6 +23,7 @@ from .embeddings import (
     sincos_2d,
 )
 from .errors import SettingError
+from .lazy import Lazy
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
@@ -150,17 +151,17 @@ class PixArtBlock(nn.Module):
         attend = attention or _compute
         grad = torch.is_grad_enabled()
         rows = token_rows(tuple(x.shape), None if grad else token_chunk)
-        heads = cache(lambda: self.self_attention_heads(x, m, grid, rows, attention_fn))  # (B, N, C), when first needed
+        heads = Lazy(lambda: self.self_attention_heads(x, m, grid, rows, attention_fn))  # (B, N, C), when first needed
         cross = partial(self.cross_attn.attend, attention=attention_fn)
-        keys_values = cache(lambda: self.cross_attn.keys_values(y))  # 2 × (B, h, L, d), when first needed
+        keys_values = Lazy(lambda: self.cross_attn.keys_values(y))  # 2 × (B, h, L, d), when first needed
         # the block's output, filled piece by piece; allocated after self-attention (whose q, k, v are the peak)
-        stream = None if grad else cache(lambda: torch.empty_like(x))
+        stream = None if grad else Lazy(lambda: torch.empty_like(x))
 
         def update(r: TokenRows) -> Tensor:
             i, s = r.index, r.samples
             sa = attend("self", r, lambda: self.attn.proj(heads()[i]))
             if r is rows[-1]:
-                heads.cache_clear()  # every piece has its self-attention output: the heads can go
+                heads.clear()  # every piece has its self-attention output: the heads can go
             h = residual(x[i], sa, m.gate_msa[s], out=None if stream is None else stream()[i])
             del sa  # (B, N, C) when whole: gone before the MLP's hidden layer exists
             ca = attend("cross", r, lambda: cross(h, *(kv[s] for kv in keys_values()), _rows(bias, s)))
