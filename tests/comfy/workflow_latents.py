@@ -103,8 +103,8 @@ def latent_prompt(source: str, name: str) -> dict:
 
 
 def cases() -> list[tuple[str, str]]:
-    """(source, name) of every recorded workflow: all but the ControlNet examples (tests/comfy/test_controlnet_node.py runs
-    those, on a tiny DiT of 2 blocks)."""
+    """(source, name) of every recorded workflow: all but the ControlNet examples (tests/comfy/test_controlnet_node.py
+    runs those, on a tiny DiT of 2 blocks)."""
     return [(source, name) for source in SOURCES for name in prompts_of(source) if name not in controlnet_examples()]
 
 
