@@ -208,7 +208,7 @@ class PixArtSigmaTrain(io.ComfyNode):
             outputs=[
                 io.Model.Output(tooltip="A clone of the MODEL with the trained weights, for sampling in this graph."),
                 Trained.Output(tooltip="The trained LoRA or weights, for PixArt Sigma Save Trained."),
-                io.Image.Output(tooltip="Loss per step."),
+                io.Image.Output(tooltip="The loss of every training step as a curve."),
             ],
         )  # fmt: skip
 

@@ -19,11 +19,13 @@ pytestmark = pytest.mark.comfy
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
             "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
-            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache"}  # fmt: skip
+            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache",
+            "PixArtSigmaTrainingDataset", "PixArtSigmaTrain", "PixArtSigmaSaveTrained"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
-CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced"}
-SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS"}
+CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced", "PixArt-Sigma/training"}
+SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS",
+                "PIXART_TRAINING_DATA", "PIXART_TRAINED"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
