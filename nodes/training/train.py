@@ -118,7 +118,13 @@ def loss_image(losses: list[float], width: int = 512, height: int = 256) -> torc
 
 def run_training(model, data: Dataset, settings: TrainSettings, steps: int) -> TrainedResult:
     """``steps`` optimiser steps of ``Trainer`` over ``batches(data, batch_size)`` in order; caption dropout draws
-    from a generator seeded with the run's seed. Cancel stops between steps."""
+    from a generator seeded with the run's seed. Cancel stops between steps. Gradients on, outside the inference
+    mode ComfyUI runs nodes in."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _run_training(model, data, settings, steps)
+
+
+def _run_training(model, data: Dataset, settings: TrainSettings, steps: int) -> TrainedResult:
     import comfy.model_management as mm
     import comfy.utils
     from tqdm import tqdm

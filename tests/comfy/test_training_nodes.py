@@ -15,6 +15,7 @@ from node_calls import add_model_folder, assert_close
 
 from pixart import PixArtTransformer
 from scripts import tiny_weights
+from scripts.comfy_tree import REPO
 
 pytestmark = pytest.mark.comfy
 CAPTIONS = {"a.png": "a red square", "b.png": "a small blue circle on a green field", "c.png": "tall"}
@@ -246,3 +247,28 @@ def test_bad_inputs_get_our_errors(tiny, case, match):
     changes = {"rank 0": {"lora_rank": 0}, "lr NaN": {"learning_rate": math.nan}, "steps 0": {"steps": 0}}[case]
     with pytest.raises(error, match=match):
         tiny.train(tiny.model(), data, **changes)
+
+
+def test_training_example_runs_headless(comfyui, server):
+    """example_workflows/pixart_sigma_train_lora (256 px bins, 2 training and 2 sampling steps, fp32 T5) on the tiny
+    models and a tiny dataset tiny_weights writes into ComfyUI's input folder: it trains, saves the LoRA (which our
+    loader then reads) and writes the sampled image and the loss curve."""
+    import io
+    import json
+
+    from PIL import Image
+
+    prompt = json.loads((REPO / "example_workflows" / "api" / "pixart_sigma_train_lora.json").read_text())
+    shrink = {"PixArtSigmaTrainingDataset": {"base_resolution": "256"}, "PixArtSigmaTrain": {"steps": 2},
+              "PixArtSigmaResolution": {"base": "256"}, "PixArtSigmaSampler": {"steps": 2},
+              "PixArtSigmaT5Loader": {"dtype": "fp32"}}  # fmt: skip
+    for node in prompt.values():
+        node["inputs"].update(shrink.get(node["class_type"], {}))
+    written = tiny_weights.write_tiny_datasets(comfyui.base / "input", [prompt])  # the models are the session's
+    assert written == [comfyui.base / "input" / "pixart_training"]
+    entry = server.run(prompt, timeout=600)
+    (image,) = [png for name, png in server.images(entry) if name.startswith("PixArtSigmaTrainedLoRA_")]
+    assert Image.open(io.BytesIO(image)).size == (256, 256)
+    lora = comfyui.models / "loras" / "pixart_sigma_lora.safetensors"
+    read = comfyui.module("pixart.lora").load_lora(lora)
+    assert len(read.targets) == 5  # the one block: attn.qkv, attn.proj, cross_attn.q_linear / kv_linear / proj
