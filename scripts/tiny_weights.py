@@ -11,6 +11,8 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
   embedding as small strided views; the weights it lacks ComfyUI leaves uninitialised, so the server must hand out
   zeroed memory for them (tests/comfy/comfy_session.py does, for its test server).
 - VAE (VAELoader): a tiny autoencoder in the TAESD layout, which ComfyUI's VAELoader recognises from its keys.
+- Training data (PixArtSigmaTrainingDataset): two random 96 x 96 PNGs with captions in ComfyUI's input folder beside
+  the models folder (``<models>/../input/<folder>``), when that folder does not exist yet.
 
 Usage: python scripts/tiny_weights.py MODELS_DIR WORKFLOW_API.json [...]
 """
