@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .cache import PixArtSigmaCache
 from .clip_encode import PixArtSigmaCLIPTextEncode
+from .controlnet import PixArtSigmaControlNetLoader
 from .dit_loader import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
@@ -26,6 +27,7 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaFewStepSchedule,
     PixArtSigmaNoiseSchedule,
     PixArtSigmaCache,
+    PixArtSigmaControlNetLoader,
     *TRAINING_NODES,
 ]
 
@@ -38,7 +40,10 @@ class PixArtSigmaExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> PixArtSigmaExtension:
-    """ComfyUI's V3 entry point."""
+    """ComfyUI's V3 entry point; registers the ``pixart_dpm_solver`` scheduler before ComfyUI reads the schemas."""
+    from .comfy_sampling import register_scheduler
+
+    register_scheduler()
     return PixArtSigmaExtension()
 
 

@@ -14,7 +14,7 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..pixart.sampling import NoiseSchedule, lcm_steps, one_step
+from ..pixart.sampling import NoiseSchedule, dpm_solver_schedule, lcm_steps, one_step
 
 PREDICTIONS = {"epsilon": comfy.model_sampling.EPS, "v_prediction": comfy.model_sampling.V_PREDICTION}
 
@@ -54,11 +54,51 @@ def prediction_of(model) -> str:
     return names.get(kind, kind.__name__)
 
 
-def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
-    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
+def model_noise_schedule(model) -> NoiseSchedule:
+    """The MODEL's own noise schedule: the one ``with_noise_schedule`` gave it, else linear betas (every PixArt
+    model's, as ComfyUI's default model sampling of our MODEL holds them) over its model sampling's training steps,
+    with its prediction type (``prediction_of``)."""
+    carried = noise_schedule_of(model)
+    if carried is not None:
+        return carried
     sampling = model.get_model_object("model_sampling")
+    return NoiseSchedule(prediction=prediction_of(model), train_steps=len(sampling.sigmas))
+
+
+def sigmas_at(sampling, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float32 sigmas of a ComfyUI model sampling at integer ``timesteps``, then 0."""
     sigmas = [sampling.sigma(torch.tensor(float(t))) for t in timesteps]
     return torch.stack([*sigmas, torch.zeros(())]).float()
+
+
+def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
+    return sigmas_at(model.get_model_object("model_sampling"), timesteps)
+
+
+DPM_SOLVER_SCHEDULER = "pixart_dpm_solver"  # ComfyUI scheduler name of the reference pipeline's timesteps
+
+
+def dpm_solver_sigmas(model_sampling, steps: int) -> torch.Tensor:
+    """ComfyUI scheduler ``pixart_dpm_solver``: the integer timesteps of the reference pipeline's DPM-Solver++
+    (999, 949, ...: ``pixart.sampling.dpm_solver_schedule``, diffusers' linspace spacing) over the model's training
+    steps, each at the model sampling's own sigma, then 0; (steps + 1,) float32."""
+    schedule = getattr(model_sampling, "noise_schedule", None)  # set by with_noise_schedule
+    if schedule is None:
+        schedule = NoiseSchedule(train_steps=len(model_sampling.sigmas))
+    timesteps, _ = dpm_solver_schedule(steps, schedule)
+    return sigmas_at(model_sampling, timesteps)
+
+
+def register_scheduler() -> None:
+    """Add ``pixart_dpm_solver`` to ComfyUI's schedulers (``SCHEDULER_HANDLERS`` and the name list KSampler,
+    BasicScheduler and PixArt Sigma Sampler offer), as ComfyUI 0.3.64 and 0.33 both hold them; a name already
+    registered (a second copy of the pack) is left as it is."""
+    handlers = comfy.samplers.SCHEDULER_HANDLERS
+    handlers.setdefault(DPM_SOLVER_SCHEDULER, comfy.samplers.SchedulerHandler(dpm_solver_sigmas))
+    for names in (comfy.samplers.SCHEDULER_NAMES, comfy.samplers.KSampler.SCHEDULERS):  # the same list, unless
+        if DPM_SOLVER_SCHEDULER not in names:  # another pack replaced one
+            names.append(DPM_SOLVER_SCHEDULER)
 
 
 def _unit_variance_start(model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..pixart.sampling import RECIPES, NoiseSchedule
+from ..pixart.errors import ScheduleError
+from ..pixart.sampling import RECIPES, NoiseSchedule, model_recipe
 from ..pixart.sampling.schedules import PREDICTIONS
 from .node_api import CATEGORY, io, schema
 
@@ -77,13 +78,12 @@ class PixArtSigmaFewStepSchedule(io.ComfyNode):
         if recipe not in RECIPES:
             raise ValueError(f"{WHO}: recipe {recipe!r} is not one of {list(RECIPES)}")
         check_prediction(model, recipe)
-        chosen = RECIPES[recipe]
-        changes = {"timestep": timestep} if chosen.solver == "one_step" else {}
-        if steps and chosen.solver != "one_step":
-            changes["steps"] = steps
-        chosen = dataclasses.replace(chosen, **changes)
-        from .comfy_sampling import recipe_sampler, recipe_sigmas
+        from .comfy_sampling import model_noise_schedule, recipe_sampler, recipe_sigmas
 
+        try:
+            chosen = model_recipe(recipe, model_noise_schedule(model), steps, timestep)
+        except ScheduleError as e:
+            raise ScheduleError(f"{WHO}: {e}") from e
         sampler = recipe_sampler(WHO, chosen.solver, chosen.clip_sample)
         return io.NodeOutput(sampler, recipe_sigmas(model, chosen.timesteps()))
 

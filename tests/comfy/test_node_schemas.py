@@ -20,12 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
             "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
             "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache",
-            "PixArtSigmaTrainingDataset", "PixArtSigmaTrain", "PixArtSigmaSaveTrained"}  # fmt: skip
+            "PixArtSigmaControlNetLoader", "PixArtSigmaTrainingDataset", "PixArtSigmaTrain",
+            "PixArtSigmaSaveTrained"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
 CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced", "PixArt-Sigma/training"}
 SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS",
-                "PIXART_TRAINING_DATA", "PIXART_TRAINED"}  # fmt: skip
+                "CONTROL_NET", "PIXART_TRAINING_DATA", "PIXART_TRAINED"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_search_aliases_only_where_the_host_has_them(comfyui, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_declared_inputs_and_outputs(classes, name):
+def test_declared_inputs_and_outputs(classes, models, name):  # models: every file list holds a file
     cls = classes[name]
     inputs = v1_inputs(name)
     parameters = inspect.signature(cls.execute).parameters
