@@ -14,6 +14,7 @@ from .sampler import PixArtSigmaSampler
 from .schedule import PixArtSigmaFewStepSchedule, PixArtSigmaNoiseSchedule
 from .t5_loader import PixArtSigmaT5Loader
 from .text_encode import PixArtSigmaTextEncode
+from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaT5Loader,
@@ -27,6 +28,7 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaNoiseSchedule,
     PixArtSigmaCache,
     PixArtSigmaControlNetLoader,
+    *TRAINING_NODES,
 ]
 
 

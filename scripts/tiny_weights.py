@@ -15,6 +15,8 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
   DiT files of such a workflow get 2 blocks, since a ControlNet's residual goes to block 1.
 - Control image (LoadImage): a 512 px PNG with a few shapes (edges for Canny), in ``input/`` beside MODELS_DIR
   (ComfyUI's input folder under the same --base-directory).
+- Training data (PixArtSigmaTrainingDataset): two random 96 x 96 PNGs with captions in ComfyUI's input folder beside
+  the models folder (``<models>/../input/<folder>``), when that folder does not exist yet.
 
 Usage: python scripts/tiny_weights.py MODELS_DIR WORKFLOW_API.json [...]
 """
@@ -247,6 +249,27 @@ def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool =
             raise PixArtError(f"{where}: {e}") from e
         log.info("wrote tiny %s: %s", what, path)
         written.append(path)
+    return written + write_tiny_datasets(Path(models_dir).parent / "input", prompts)
+
+
+def write_tiny_datasets(input_dir: Path, prompts: list[dict], images: int = 2) -> list[Path]:
+    """For each PixArtSigmaTrainingDataset of the prompts whose folder (relative to ComfyUI's input folder,
+    ``input_dir``) does not exist: ``images`` random 96 x 96 PNGs with a caption .txt each."""
+    import numpy as np
+    from PIL import Image
+
+    written = []
+    for node in (n for p in prompts for n in p.values() if n.get("class_type") == "PixArtSigmaTrainingDataset"):
+        folder = input_dir / str(node["inputs"]["folder"])
+        if Path(str(node["inputs"]["folder"])).is_absolute() or ".." in Path(folder).parts or folder.exists():
+            continue
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(images):
+            Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(f"tiny training image number {i}")
+        log.info("wrote tiny training dataset: %s", folder)
+        written.append(folder)
     return written
 
 

@@ -20,12 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
             "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
             "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache",
-            "PixArtSigmaControlNetLoader"}  # fmt: skip
+            "PixArtSigmaControlNetLoader", "PixArtSigmaTrainingDataset", "PixArtSigmaTrain",
+            "PixArtSigmaSaveTrained"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
-CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced"}
+CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced", "PixArt-Sigma/training"}
 SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS",
-                "CONTROL_NET"}  # fmt: skip
+                "CONTROL_NET", "PIXART_TRAINING_DATA", "PIXART_TRAINED"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
