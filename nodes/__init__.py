@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from .cache import PixArtSigmaCache
 from .clip_encode import PixArtSigmaCLIPTextEncode
+from .controlnet import PixArtSigmaControlNetLoader
 from .dit import PixArtSigmaDiTLoader
 from .lora_loader import PixArtSigmaLoraLoader
 from .node_api import ComfyExtension, io
 from .resolution import PixArtSigmaResolution
 from .sampler import PixArtSigmaSampler
-from .schedule import PixArtSigmaFewStepSchedule, PixArtSigmaNoiseSchedule
+from .schedule import PixArtSigmaFewStepSchedule, PixArtSigmaNoiseSchedule, register_scheduler
 from .t5 import PixArtSigmaT5Loader, PixArtSigmaTextEncode
+from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaT5Loader,
@@ -24,6 +26,8 @@ NODES: list[type[io.ComfyNode]] = [
     PixArtSigmaFewStepSchedule,
     PixArtSigmaNoiseSchedule,
     PixArtSigmaCache,
+    PixArtSigmaControlNetLoader,
+    *TRAINING_NODES,
 ]
 
 
@@ -35,7 +39,8 @@ class PixArtSigmaExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> PixArtSigmaExtension:
-    """ComfyUI's V3 entry point."""
+    """ComfyUI's V3 entry point; registers the ``pixart_dpm_solver`` scheduler before ComfyUI reads the schemas."""
+    register_scheduler()
     return PixArtSigmaExtension()
 
 

@@ -11,6 +11,9 @@ import folder_paths
 import torch
 import torch.nn.functional as F
 
+from ..pixart.errors import PixArtError
+from ..pixart.io import ErrorKind, check_entry, entry_kind
+
 CATEGORY = "PixArt-Sigma"
 
 # Files that mark a folder as a loadable model folder (Hugging Face / diffusers layouts).
@@ -57,32 +60,47 @@ def model_choices(kinds: Iterable[str]) -> list[str]:
     return sorted(files | folders, key=str.lower)
 
 
-def find_in_folders(bases: Iterable[str | os.PathLike], name: str, what: str = "model", any_kind: bool = False) -> Path:
+def find_in_folders(
+    bases: Iterable[str | os.PathLike],
+    name: str,
+    what: str = "model",
+    any_kind: bool = False,
+    error: ErrorKind = PixArtError,
+) -> Path:
     """The file or folder ``name`` (relative, as ComfyUI lists it; a trailing ``/`` means a folder unless
-    ``any_kind``) in the first of ``bases`` holding it, with symlinks resolved.
+    ``any_kind``) in the first of ``bases`` holding it, as listed: links are not resolved, so a Hugging Face cache
+    link ``snapshots/<rev>/x.safetensors -> ../../blobs/<hash>`` keeps its name (and its format) for the readers.
 
     ``name`` itself must stay inside its folder (no ``..``, not absolute); what lies in the folder is the user's,
     so a file or folder symlinked into it loads, as ComfyUI's own loaders load it.
-    Raises FileNotFoundError naming the folders searched, or saying why the name is refused."""
+    Raises FileNotFoundError naming the folders searched, or saying why the name is refused; ``error`` (the
+    loader's kind) when the name exists but is not what was asked for (a FIFO, a device, a dangling link...)."""
     bases = [Path(base) for base in bases]
     parts = PurePath(name.rstrip("/")).parts
     if not parts or PurePath(name).is_absolute() or PureWindowsPath(name).drive or ".." in parts:
         raise FileNotFoundError(f"{what} {name!r} not found: names must stay inside their models folder")
-    want_dir = name.endswith("/")
+    wanted = ("file", "folder") if any_kind else ("folder",) if name.endswith("/") else ("file",)
+    present = None  # the first listed entry of another kind
     for base in bases:
         path = base.joinpath(*parts)
-        if path.exists() if any_kind else path.is_dir() if want_dir else path.is_file():
-            return path.resolve()
+        kind = entry_kind(path)
+        if kind in wanted:
+            return path
+        if present is None and kind != "missing":
+            present = path
+    if present is not None:  # check_entry raises, saying what the entry is instead
+        check_entry(present, error, wanted, f"{what} {' or '.join(wanted)}")
     searched = [str(base) for base in bases]
     raise FileNotFoundError(
         f"{what} {name!r} not found in models folders {searched}; put it there and press R to refresh"
     )
 
 
-def find_model(kinds: Iterable[str], name: str) -> Path:
+def find_model(kinds: Iterable[str], name: str, error: ErrorKind = PixArtError) -> Path:
     """The file or folder ``name`` (as listed by :func:`model_choices`) in the first ComfyUI models folder of
-    ``kinds`` holding it (see :func:`find_in_folders`)."""
-    return find_in_folders([base for kind in kinds for base in folder_paths.get_folder_paths(kind)], name)
+    ``kinds`` holding it (see :func:`find_in_folders`; ``error`` is the loader's error kind)."""
+    bases = [base for kind in kinds for base in folder_paths.get_folder_paths(kind)]
+    return find_in_folders(bases, name, error=error)
 
 
 def pick(options: dict, choice: str, what: str):

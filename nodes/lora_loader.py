@@ -76,7 +76,7 @@ def find_lora(name: str, bases: Iterable[str | Path]) -> Path:
     """The file or PEFT folder ``name`` (relative, as listed by ``lora_choices``) in the first base holding it;
     names that leave their base (``..``, absolute paths) are refused; files symlinked into a base load."""
     try:
-        return find_in_folders(bases, name, "LoRA", any_kind=True)
+        return find_in_folders(bases, name, "LoRA", any_kind=True, error=LoraError)
     except FileNotFoundError as e:
         raise LoraError(str(e)) from e
 

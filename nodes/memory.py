@@ -1,8 +1,8 @@
-"""Memory the nodes need for a size, checked before anything is allocated, so that a size that cannot fit is
-refused with the numbers and a way out instead of reaching the allocator (a raw "can't allocate memory" text) or
-the OS (which kills ComfyUI). The sampling estimate itself is ``pixart.memory.sampling_memory``; here are the
-ComfyUI side (decoded images) and the messages. No imports of ComfyUI or of the package: the nodes pass in the free
-memory.
+"""Memory a size needs, checked before anything is allocated, so that a size that cannot fit is refused with the
+numbers and a way out instead of reaching the allocator (a raw "can't allocate memory" text) or the OS (which kills
+ComfyUI). The sampling estimate itself is ``pixart.memory.sampling_memory``, checked for every sampler by the MODEL
+(dit/memory.py); here are the ComfyUI side (decoded images) and the messages. No imports of ComfyUI or of the
+package: the callers pass in the free memory.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ GIB = 1 << 30
 IMAGE_CHANNELS = 3  # a decoded IMAGE is (B, H, W, 3) float32
 
 
-def sampling_refusal(need: SamplingMemory, free: int, size: str, kv_on: bool) -> str | None:
-    """The message refusing a sampling that cannot fit ``free`` bytes, else None."""
+def sampling_refusal(need: SamplingMemory, free: int, size: str, kv_on: bool, where: str) -> str | None:
+    """The message refusing a sampling of ``size`` (e.g. "1 x 8192x8192 px") whose smallest model call needs more
+    than the ``free`` bytes ``where`` says (the device and what was counted), else None."""
     if need.total <= free:
         return None
-    way_out = "use a smaller size or batch_size"
+    way_out = "use a smaller size or batch_size (EmptyLatentImage, PixArt Sigma Resolution)"
     if not kv_on:
         way_out += ", or KV compression in every block (PixArt Sigma DiT Loader kv_layers 'all': keys and values / 4)"
     return (
-        f"PixArt Sigma Sampler: {size} needs at least {need.total / GIB:.1f} GiB for sampling "
+        f"PixArt Sigma: sampling {size} needs at least {need.total / GIB:.1f} GiB per model call "
         f"({need.batch} x {need.tokens} tokens: activations {need.activations / GIB:.1f} GiB, keys/values "
-        f"{need.attention / GIB:.1f} GiB, latents {need.latents / GIB:.1f} GiB) but {free / GIB:.1f} GiB are free; "
-        f"{way_out}"
+        f"{need.attention / GIB:.1f} GiB, latents {need.latents / GIB:.1f} GiB) but {free / GIB:.1f} GiB are free "
+        f"{where}; {way_out}"
     )
 
 

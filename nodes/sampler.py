@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-import comfy.model_management as mm
 import comfy.samplers
 
 from ..pixart import PixArtConfig
-from ..pixart.memory import sampling_memory
-from ..pixart.model import resolve_token_chunk
 from .common import check_latent
-from .memory import sampling_refusal
 from .node_api import CATEGORY, check_number, io, number_problem, schema
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++ (2M), the reference sampler
-DEFAULT_SCHEDULER = "sgm_uniform"  # timesteps evenly spaced from 999, like the reference's time-uniform steps
+DEFAULT_SCHEDULER = "pixart_dpm_solver"  # the reference's integer timesteps (schedule.DPM_SOLVER_SCHEDULER)
 CFG = {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 DENOISE = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
 WHO = "PixArt Sigma Sampler"
@@ -26,25 +22,6 @@ def pixart_config(model):
     """The PixArtConfig of a MODEL loaded by PixArt Sigma DiT Loader, else None."""
     config = getattr(getattr(getattr(model, "model", None), "diffusion_model", None), "config", None)
     return config if isinstance(config, PixArtConfig) else None
-
-
-def check_memory(model, config, samples, cfg) -> None:
-    """MemoryError with the numbers and a way out when sampling ``samples`` cannot fit the free memory of the
-    model's device (what is free plus the models ComfyUI may unload to make room)."""
-    device = model.load_device
-    dit = model.model.diffusion_model
-    token_chunk = resolve_token_chunk(getattr(dit, "token_chunk", None), device)
-    compute_dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
-    element_bytes = max(compute_dtype.itemsize, 2)  # float8 weights compute in 16 bits or more
-    kv = getattr(dit, "kv_compress", None)
-    need = sampling_memory(config, tuple(samples.shape), cfg, element_bytes, kv, token_chunk)
-    free = mm.get_free_memory(device)
-    if device.type != "cpu":  # ComfyUI unloads other models to make room
-        free += sum(loaded.model_loaded_memory() for loaded in mm.current_loaded_models if loaded.device == device)
-    size = f"{samples.shape[0]} x {8 * samples.shape[3]}x{8 * samples.shape[2]} px"
-    refusal = sampling_refusal(need, free, size, kv is not None)
-    if refusal is not None:
-        raise MemoryError(refusal)
 
 
 class PixArtSigmaSampler(io.ComfyNode):
@@ -93,7 +70,8 @@ class PixArtSigmaSampler(io.ComfyNode):
                     "scheduler",
                     options=comfy.samplers.KSampler.SCHEDULERS,
                     default=DEFAULT_SCHEDULER,
-                    tooltip="Noise schedule; sgm_uniform spaces timesteps evenly from 999, like the reference.",
+                    tooltip="Noise schedule; pixart_dpm_solver gives the reference pipeline's integer timesteps "
+                    "(999, 949, ...); sgm_uniform (the default before) spaces them evenly but fractional.",
                 ),
                 io.Float.Input(
                     "denoise",
@@ -126,7 +104,5 @@ class PixArtSigmaSampler(io.ComfyNode):
         config, samples = pixart_config(model), latent_image["samples"]
         if config is not None and (samples.ndim != 4 or samples.shape[1] == config.in_channels or samples.any()):
             check_latent(config, tuple(samples.shape), WHO)  # all-zero latents ComfyUI adapts
-        if config is not None and samples.ndim == 4:
-            check_memory(model, config, samples, cfg)
         args = (model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image)
         return io.NodeOutput(*COMFY_NODES.common_ksampler(*args, denoise=denoise))

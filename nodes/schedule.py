@@ -13,9 +13,10 @@ import math
 import comfy.samplers
 import torch
 
-from ..pixart.sampling import RECIPES, NoiseSchedule, lcm_steps, one_step
+from ..pixart.errors import ScheduleError
+from ..pixart.sampling import RECIPES, NoiseSchedule, dpm_solver_schedule, lcm_steps, model_recipe, one_step
 from ..pixart.sampling.schedules import PREDICTIONS
-from .dit.model import noise_schedule_of, prediction_of, with_noise_schedule
+from .dit.model import model_noise_schedule, noise_schedule_of, prediction_of, with_noise_schedule
 from .node_api import CATEGORY, io, schema
 
 WHO = "PixArt Sigma Few-Step Schedule"
@@ -31,11 +32,40 @@ def check_prediction(model, recipe_name: str) -> None:
         )
 
 
-def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
-    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
-    sampling = model.get_model_object("model_sampling")
+def sigmas_at(sampling, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float32 sigmas of a ComfyUI model sampling at integer ``timesteps``, then 0."""
     sigmas = [sampling.sigma(torch.tensor(float(t))) for t in timesteps]
     return torch.stack([*sigmas, torch.zeros(())]).float()
+
+
+def recipe_sigmas(model, timesteps: list[int]) -> torch.Tensor:
+    """(steps + 1,) float sigmas of the model's schedule at ``timesteps``, then 0."""
+    return sigmas_at(model.get_model_object("model_sampling"), timesteps)
+
+
+DPM_SOLVER_SCHEDULER = "pixart_dpm_solver"  # ComfyUI scheduler name of the reference pipeline's timesteps
+
+
+def dpm_solver_sigmas(model_sampling, steps: int) -> torch.Tensor:
+    """ComfyUI scheduler ``pixart_dpm_solver``: the integer timesteps of the reference pipeline's DPM-Solver++
+    (999, 949, ...: ``pixart.sampling.dpm_solver_schedule``, diffusers' linspace spacing) over the model's training
+    steps, each at the model sampling's own sigma, then 0; (steps + 1,) float32."""
+    schedule = getattr(model_sampling, "noise_schedule", None)  # set by with_noise_schedule
+    if schedule is None:
+        schedule = NoiseSchedule(train_steps=len(model_sampling.sigmas))
+    timesteps, _ = dpm_solver_schedule(steps, schedule)
+    return sigmas_at(model_sampling, timesteps)
+
+
+def register_scheduler() -> None:
+    """Add ``pixart_dpm_solver`` to ComfyUI's schedulers (``SCHEDULER_HANDLERS`` and the name list KSampler,
+    BasicScheduler and PixArt Sigma Sampler offer), as ComfyUI 0.3.64 and 0.33 both hold them; a name already
+    registered (a second copy of the pack) is left as it is."""
+    handlers = comfy.samplers.SCHEDULER_HANDLERS
+    handlers.setdefault(DPM_SOLVER_SCHEDULER, comfy.samplers.SchedulerHandler(dpm_solver_sigmas))
+    for names in (comfy.samplers.SCHEDULER_NAMES, comfy.samplers.KSampler.SCHEDULERS):  # the same list, unless
+        if DPM_SOLVER_SCHEDULER not in names:  # another pack replaced one
+            names.append(DPM_SOLVER_SCHEDULER)
 
 
 def _unit_variance_start(model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -172,11 +202,10 @@ class PixArtSigmaFewStepSchedule(io.ComfyNode):
         if recipe not in RECIPES:
             raise ValueError(f"{WHO}: recipe {recipe!r} is not one of {list(RECIPES)}")
         check_prediction(model, recipe)
-        chosen = RECIPES[recipe]
-        changes = {"timestep": timestep} if chosen.solver == "one_step" else {}
-        if steps and chosen.solver != "one_step":
-            changes["steps"] = steps
-        chosen = dataclasses.replace(chosen, **changes)
+        try:
+            chosen = model_recipe(recipe, model_noise_schedule(model), steps, timestep)
+        except ScheduleError as e:
+            raise ScheduleError(f"{WHO}: {e}") from e
         sampler = recipe_sampler(WHO, chosen.solver, chosen.clip_sample)
         return io.NodeOutput(sampler, recipe_sigmas(model, chosen.timesteps()))
 

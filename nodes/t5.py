@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..pixart.config import CAPTION_TOKENS
+from ..pixart.errors import T5Error
 from ..pixart.text_encoder import T5PromptEncoder, load_t5
 from .common import TOKENIZER_MARKERS, find_model, model_choices, model_folders, pick, torch_dtype
 from .node_api import CATEGORY, T5Encoder, io, schema
@@ -160,9 +161,9 @@ class PixArtSigmaT5Loader(io.ComfyNode):
         elif tokenizer == BUNDLED_TOKENIZER:
             explicit = bundled_tokenizer_dir()
         else:
-            explicit = find_model(T5_KINDS, tokenizer)
+            explicit = find_model(T5_KINDS, tokenizer, T5Error)
         encoder = load_t5(
-            find_model(T5_KINDS, t5_name),
+            find_model(T5_KINDS, t5_name, T5Error),
             tokenizer=explicit,
             dtype=compute,
             device=offload,

@@ -2,7 +2,7 @@
 
 from .checkpoints import pipeline_noise_schedule, read_checkpoint
 from .config import CAPTION_TOKENS, VARIANTS, KVCompress, PixArtConfig, parse_layers
-from .errors import CheckpointError, LoraError, PixArtError, SettingError, T5Error
+from .errors import CheckpointError, LoraError, PixArtError, SettingError, SizeError, T5Error
 from .loader import load_dit
 from .model import PixArtTransformer
 
@@ -28,6 +28,7 @@ __all__ = [
     "PixArtError",
     "PixArtTransformer",
     "SettingError",
+    "SizeError",
     "load_dit",
     "parse_layers",
     "pipeline_noise_schedule",

@@ -88,9 +88,9 @@ class SelfAttention(nn.Module):
         """
         return self.proj(self.attend(self.qkv(x), grid))
 
-    def attend(self, qkv: Tensor, grid: tuple[int, int]) -> Tensor:
+    def attend(self, qkv: Tensor, grid: tuple[int, int], attention: AttentionFn | None = None) -> Tensor:
         """Attention over projected tokens, before the output projection: (B, N, 3C) queries|keys|values ->
-        (B, N, C) heads side by side."""
+        (B, N, C) heads side by side; ``attention`` (this call's) replaces the layer's own."""
         b, n, c = *qkv.shape[:2], qkv.shape[2] // 3
         heads, d = self.num_heads, c // self.num_heads
         kv = self.kv_compress
@@ -102,7 +102,7 @@ class SelfAttention(nn.Module):
             # keys and values one at a time: a joint copy of both would be the largest buffer of the block at 4K
             k, v = (compress_kv(z, grid, kv.mode, kv.factor, kv.remainder, conv, norm) for z in (k, v))  # (B, N', C)
             q, k, v = (z.view(b, -1, heads, d).transpose(1, 2) for z in (q, k, v))  # (B, h, N or N', d)
-        out = self.attention(q, k, v, None)  # (B, h, N, d)
+        out = (attention or self.attention)(q, k, v, None)  # (B, h, N, d)
         return out.transpose(1, 2).reshape(b, n, c)
 
 
@@ -143,10 +143,13 @@ class CrossAttention(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         return self.kv_linear(y).view(b, n, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-        """(B, N, C) image tokens to the caption's keys and values (see ``keys_values``) -> (B, N, C)."""
+    def attend(
+        self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, attention: AttentionFn | None = None
+    ) -> Tensor:
+        """(B, N, C) image tokens to the caption's keys and values (see ``keys_values``) -> (B, N, C);
+        ``attention`` (this call's) replaces the layer's own."""
         b, n, c = x.shape
         heads, d = self.num_heads, c // self.num_heads
         q = self.q_linear(x).view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
-        out = self.attention(q, k, v, bias)  # (B, h, N, d)
+        out = (attention or self.attention)(q, k, v, bias)  # (B, h, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -12,6 +12,8 @@ from typing import NamedTuple, Protocol
 
 from torch import Tensor
 
+from .attention import AttentionFn
+
 
 class TokenRows(NamedTuple):
     """The rows of a block's (B, N, C) token stream that one piece of its per-token work covers: every row at once,
@@ -48,6 +50,7 @@ class BlockInputs(NamedTuple):
     bias: Tensor | None  # None or (B, 1, 1, L') caption mask bias (0 keep, -inf drop)
     token_chunk: int | None  # tokens per chunk of the per-token work, None for all at once
     attention: AttentionHook | None = None  # consulted by the attention sub-layers; None computes them
+    attention_fn: AttentionFn | None = None  # this forward's attention(q, k, v, bias); None: the layers' own
 
 
 class BlockFn(Protocol):

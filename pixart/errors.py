@@ -66,6 +66,11 @@ class SettingError(PixArtError):
     """A setting (an argument, a node input) that cannot be used, or does not fit the model; the message names it."""
 
 
+class SizeError(PixArtError, MemoryError):
+    """A size or batch that cannot fit the memory free for it, refused before anything is allocated; the message
+    gives the numbers and a way out. Also a ``MemoryError``, for callers that catch those."""
+
+
 def listing(items, count: int = 5, limit: int = 60) -> str:
     """``['a', 'b']`` of the first ``count`` items, each shortened, and how many more there are."""
     items = list(items)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -23,6 +23,7 @@ from .embeddings import (
     sincos_2d,
 )
 from .errors import SettingError
+from .lazy import Lazy
 
 FP16_MAX = 65504.0
 _POS_CACHE_SIZE = 4
@@ -128,6 +129,7 @@ class PixArtBlock(nn.Module):
         bias: Tensor | None,
         token_chunk: int | None = None,
         attention: AttentionHook | None = None,
+        attention_fn: AttentionFn | None = None,
     ) -> Tensor:
         """The three residual updates, on the whole stream or (``token_chunk``, inference only) on at most
         ``token_chunk`` tokens of one sample at a time: only self-attention sees the whole sequence. The chunks'
@@ -140,6 +142,7 @@ class PixArtBlock(nn.Module):
             grid: (h, w) token grid; bias: None or (B, 1, 1, L) caption mask bias.
             token_chunk: tokens per piece of the per-token work without autograd; None runs every token at once.
             attention: consulted instead of computing each attention output (step caches); None computes them.
+            attention_fn: this call's ``attention(q, k, v, bias)`` for both attentions; None: the layers' own.
         Returns:
             (B, N, C), a new tensor.
         """
@@ -148,19 +151,20 @@ class PixArtBlock(nn.Module):
         attend = attention or _compute
         grad = torch.is_grad_enabled()
         rows = token_rows(tuple(x.shape), None if grad else token_chunk)
-        heads = cache(lambda: self.self_attention_heads(x, m, grid, rows))  # (B, N, C), when first needed
-        keys_values = cache(lambda: self.cross_attn.keys_values(y))  # 2 × (B, h, L, d), when first needed
+        heads = Lazy(lambda: self.self_attention_heads(x, m, grid, rows, attention_fn))  # (B, N, C), when first needed
+        cross = partial(self.cross_attn.attend, attention=attention_fn)
+        keys_values = Lazy(lambda: self.cross_attn.keys_values(y))  # 2 × (B, h, L, d), when first needed
         # the block's output, filled piece by piece; allocated after self-attention (whose q, k, v are the peak)
-        stream = None if grad else cache(lambda: torch.empty_like(x))
+        stream = None if grad else Lazy(lambda: torch.empty_like(x))
 
         def update(r: TokenRows) -> Tensor:
             i, s = r.index, r.samples
             sa = attend("self", r, lambda: self.attn.proj(heads()[i]))
             if r is rows[-1]:
-                heads.cache_clear()  # every piece has its self-attention output: the heads can go
+                heads.clear()  # every piece has its self-attention output: the heads can go
             h = residual(x[i], sa, m.gate_msa[s], out=None if stream is None else stream()[i])
             del sa  # (B, N, C) when whole: gone before the MLP's hidden layer exists
-            ca = attend("cross", r, lambda: self.cross_attn.attend(h, *(kv[s] for kv in keys_values()), _rows(bias, s)))
+            ca = attend("cross", r, lambda: cross(h, *(kv[s] for kv in keys_values()), _rows(bias, s)))
             h = residual(h, ca)
             del ca
             return residual(h, self.mlp(t2i_modulate(layer_norm(h), m.shift_mlp[s], m.scale_mlp[s])), m.gate_mlp[s])
@@ -169,14 +173,16 @@ class PixArtBlock(nn.Module):
             out = update(r)
         return out if stream is None else stream()
 
-    def self_attention_heads(self, x: Tensor, m: Modulation, grid: tuple[int, int], rows: list[TokenRows]) -> Tensor:
+    def self_attention_heads(
+        self, x: Tensor, m: Modulation, grid: tuple[int, int], rows: list[TokenRows], attention_fn: AttentionFn | None
+    ) -> Tensor:
         """Self-attention over the whole sequence, before the output projection: (B, N, C) tokens -> (B, N, C) heads;
-        the modulation and q, k, v projection run on ``rows``."""
+        the modulation and q, k, v projection run on ``rows``; ``attention_fn`` as in ``forward``."""
 
         def qkv(tokens: Tensor, r: TokenRows) -> Tensor:
             return self.attn.qkv(t2i_modulate(layer_norm(tokens), m.shift_msa[r.samples], m.scale_msa[r.samples]))
 
-        return self.attn.attend(per_token(qkv, x, rows, 3 * x.shape[2]), grid)
+        return self.attn.attend(per_token(qkv, x, rows, 3 * x.shape[2]), grid, attention_fn)
 
 
 def _rows(bias: Tensor | None, samples: slice) -> Tensor | None:
@@ -283,7 +289,8 @@ class PixArtTransformer(nn.Module):
         block = self.blocks[index]
 
         def run(tokens: Tensor, shared: BlockInputs) -> Tensor:
-            return block(tokens, shared.y, shared.t0, shared.grid, shared.bias, shared.token_chunk, shared.attention)
+            args = (shared.y, shared.t0, shared.grid, shared.bias, shared.token_chunk)
+            return block(tokens, *args, shared.attention, shared.attention_fn)
 
         for hook in reversed(hooks):
             run = wrap_block(hook, index, run)
@@ -353,6 +360,7 @@ class PixArtTransformer(nn.Module):
         resolution: Tensor | None = None,
         aspect_ratio: Tensor | None = None,
         block_hooks: Sequence[BlockHook] = (),
+        attention_fn: AttentionFn | None = None,
     ) -> Tensor:
         """
         Args:
@@ -364,6 +372,7 @@ class PixArtTransformer(nn.Module):
             aspect_ratio: alpha only, (B, 1) height / width (default H / W).
             block_hooks: ``BlockHook``s wrapped around every block, the first outermost (step caches, block patches,
                 cancel checks).
+            attention_fn: this call's ``attention(q, k, v, bias)`` (ComfyUI's per-model choice); None: the model's.
         Returns:
             (B, C_out, H, W) in the dtype of ``x``: epsilon in the first C_in channels, then the variance.
         """
@@ -380,7 +389,7 @@ class PixArtTransformer(nn.Module):
         t0 = self.t_block(t)  # (B, 6C)
         caption, bias = self._caption_bias(caption, caption_mask)
         y = self.y_embedder(caption)  # (B, L', C)
-        inputs = BlockInputs(y, t0, grid, bias, resolve_token_chunk(self.token_chunk, x.device))
+        inputs = BlockInputs(y, t0, grid, bias, resolve_token_chunk(self.token_chunk, x.device), None, attention_fn)
         for index in range(len(self.blocks)):
             x = self.run_block(index, x, inputs, block_hooks)
         x = self.final_layer(x, t)  # (B, N, p·p·C_out)

@@ -12,6 +12,7 @@ MODEL_INPUTS = {
     "PixArtSigmaT5Loader": ("t5_name", "text_encoders"),
     "CLIPLoader": ("clip_name", "text_encoders"),
     "VAELoader": ("vae_name", "vae"),
+    "PixArtSigmaControlNetLoader": ("control_net_name", "controlnet"),
 }
 
 

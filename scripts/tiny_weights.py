@@ -11,6 +11,12 @@ The images they make are noise: this checks plumbing (loaders, conditioning, sam
   embedding as small strided views; the weights it lacks ComfyUI leaves uninitialised, so the server must hand out
   zeroed memory for them (tests/comfy/comfy_session.py does, for its test server).
 - VAE (VAELoader): a tiny autoencoder in the TAESD layout, which ComfyUI's VAELoader recognises from its keys.
+- PixArt ControlNet (PixArtSigmaControlNetLoader): one copy of a tiny DiT's block (scripts/tiny_controlnet.py); the
+  DiT files of such a workflow get 2 blocks, since a ControlNet's residual goes to block 1.
+- Control image (LoadImage): a 512 px PNG with a few shapes (edges for Canny), in ``input/`` beside MODELS_DIR
+  (ComfyUI's input folder under the same --base-directory).
+- Training data (PixArtSigmaTrainingDataset): two random 96 x 96 PNGs with captions in ComfyUI's input folder beside
+  the models folder (``<models>/../input/<folder>``), when that folder does not exist yet.
 
 Usage: python scripts/tiny_weights.py MODELS_DIR WORKFLOW_API.json [...]
 """
@@ -32,6 +38,7 @@ from safetensors.torch import save_file
 import pixart
 from pixart.errors import PixArtError, short
 from scripts.model_files import ModelFile, model_files
+from scripts.tiny_controlnet import tiny_controlnet
 
 log = logging.getLogger("tiny_weights")
 T5 = {"d_model": 4096, "layers": 1, "heads": 2, "d_kv": 16, "d_ff": 64, "vocab": 32128, "buckets": 32}
@@ -137,7 +144,7 @@ def dit_variant(name: str, variant: str) -> str:
 
 
 def _kind(file: ModelFile) -> str:
-    """What to write for ``file``: a DiT preset name, "t5", "comfy-t5xxl", "vae-sdxl" or "vae-sd15"."""
+    """What to write for ``file``: a DiT preset name, "t5", "comfy-t5xxl", "controlnet", "vae-sdxl" or "vae-sd15"."""
     if file.class_type == "PixArtSigmaDiTLoader":
         variant = file.inputs.get("variant")
         if variant != "auto" and variant not in pixart.VARIANTS:
@@ -152,6 +159,8 @@ def _kind(file: ModelFile) -> str:
         return "t5"
     if file.class_type == "CLIPLoader":
         return "comfy-t5xxl"
+    if file.class_type == "PixArtSigmaControlNetLoader":
+        return "controlnet"
     return "vae-sdxl" if "xl" in file.name.lower() else "vae-sd15"
 
 
@@ -174,6 +183,29 @@ def model_path(models_dir: str | Path, file: ModelFile) -> Path:
     return path
 
 
+def control_images(models_dir: str | Path, prompt: dict) -> list[Path]:
+    """Where the images the prompt's LoadImage nodes name go: ``input/`` beside ``models_dir`` (checked as
+    ``model_path`` checks model names)."""
+    base = Path(models_dir).parent
+    return [
+        model_path(base, ModelFile(str(node_id), "LoadImage", "image", node["inputs"].get("image"), "input"))
+        for node_id, node in prompt.items()
+        if isinstance(node, dict) and node.get("class_type") == "LoadImage" and isinstance(node.get("inputs"), dict)
+    ]
+
+
+def write_control_image(path: Path) -> None:
+    """A 512 px RGB PNG: white, with a dark rectangle and a grey disc (edges for Canny)."""
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (512, 512), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([96, 160, 320, 420], fill=(30, 30, 30))
+    draw.ellipse([280, 80, 440, 240], fill=(128, 128, 128))
+    image.save(path)
+
+
 def write(path: Path, state: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
@@ -191,7 +223,13 @@ def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool =
     for prompt in prompts:
         for file in model_files(prompt):
             wanted.setdefault(model_path(models_dir, file), (_kind(file), file.where()))
+    images = [path for prompt in prompts for path in control_images(models_dir, prompt)]
+    depth = 2 if any(what == "controlnet" for what, _ in wanted.values()) else 1  # a ControlNet feeds block 1
     written = []
+    for path in dict.fromkeys(images):
+        if force or not path.exists():
+            write_control_image(path)
+            written.append(path)
     for path, (what, where) in wanted.items():
         if path.exists() and not force:
             continue
@@ -201,14 +239,37 @@ def write_tiny_models(models_dir: str | Path, prompts: list[dict], force: bool =
             state = comfy_t5xxl_state_dict()
         elif what.startswith("vae-"):
             state = vae_state_dict(0.13025 if what == "vae-sdxl" else 0.18215)
+        elif what == "controlnet":
+            state = tiny_controlnet(dit_state_dict("sigma-1024", depth=2))
         else:
-            state = dit_state_dict(what)
+            state = dit_state_dict(what, depth=depth)
         try:
             write(path, state)
         except PixArtError as e:
             raise PixArtError(f"{where}: {e}") from e
         log.info("wrote tiny %s: %s", what, path)
         written.append(path)
+    return written + write_tiny_datasets(Path(models_dir).parent / "input", prompts)
+
+
+def write_tiny_datasets(input_dir: Path, prompts: list[dict], images: int = 2) -> list[Path]:
+    """For each PixArtSigmaTrainingDataset of the prompts whose folder (relative to ComfyUI's input folder,
+    ``input_dir``) does not exist: ``images`` random 96 x 96 PNGs with a caption .txt each."""
+    import numpy as np
+    from PIL import Image
+
+    written = []
+    for node in (n for p in prompts for n in p.values() if n.get("class_type") == "PixArtSigmaTrainingDataset"):
+        folder = input_dir / str(node["inputs"]["folder"])
+        if Path(str(node["inputs"]["folder"])).is_absolute() or ".." in Path(folder).parts or folder.exists():
+            continue
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(images):
+            Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(f"tiny training image number {i}")
+        log.info("wrote tiny training dataset: %s", folder)
+        written.append(folder)
     return written
 
 

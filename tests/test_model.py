@@ -96,6 +96,31 @@ def test_query_chunked_attention_is_exact():
         query_chunked(sdpa_attention, 0)
 
 
+def test_a_call_attention_replaces_the_model_attention_in_every_block(model):
+    """``attention_fn`` (ComfyUI's per-model attention choice) serves the self- and cross-attention of every block,
+    for that call only; the output is the model's own when it computes the same attention."""
+    calls, built_in = [], []
+
+    def counter(seen):
+        def attention(q, k, v, bias):
+            seen.append((tuple(q.shape), tuple(k.shape)))
+            return sdpa_attention(q, k, v, bias)
+
+        return attention
+
+    built = PixArtTransformer(model.config, attention=counter(built_in)).eval()
+    built.load_state_dict(model.state_dict())
+    x, t, y, mask = inputs(model.config, 16, 16)
+    with torch.no_grad():
+        routed = model(x, t, y, mask, attention_fn=counter(calls))
+        expected = built(x, t, y, mask)
+        plain = model(x, t, y, mask)
+    assert calls == built_in and len(calls) >= 2 * model.config.depth  # every attention of every block, once
+    assert {k[2] for _, k in calls} == {64, y.shape[1]}  # self (16 x 16 / 2^2 tokens) and cross (caption) attention
+    torch.testing.assert_close(routed, plain, rtol=0, atol=0)
+    torch.testing.assert_close(routed, expected, rtol=0, atol=0)
+
+
 def test_float8_weights_keep_float_modulation_tables():
     """ComfyUI stores fp8 weights: the model builds, and the tables it adds itself stay in a float dtype."""
     if not hasattr(torch, "float8_e4m3fn"):

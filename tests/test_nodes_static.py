@@ -55,11 +55,12 @@ def _imports(tree: ast.AST) -> list[tuple[ast.AST, str]]:
 
 def test_nodes_are_organised_by_family():
     """Each module of nodes/ imports ComfyUI at its top (none inside a function), no importability twins remain
-    (cache + comfy_cache, schedule + comfy_sampling, dit_loader + comfy_model + comfy_blocks, t5_loader + t5_model),
+    (cache + comfy_cache, schedule + comfy_sampling, dit_loader + comfy_model + comfy_blocks, t5_loader + t5_model,
+    controlnet + comfy_controlnet, memory + comfy_memory),
     and the MODEL adapter imports nothing of the cache family."""
     folder = REPO / "nodes"
     twins = ["comfy_cache.py", "comfy_sampling.py", "dit_loader.py", "comfy_model.py", "comfy_blocks.py"]
-    twins += ["t5_loader.py", "t5_model.py"]
+    twins += ["t5_loader.py", "t5_model.py", "comfy_controlnet.py", "comfy_memory.py"]
     assert not [name for name in twins if (folder / name).exists()]
     for path in sorted(folder.rglob("*.py")):
         if path.name in OTHERS:

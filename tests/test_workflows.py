@@ -25,7 +25,7 @@ def load(name: str, folder: str = "examples") -> tuple[dict, dict]:
 def test_the_examples_exist(folder):
     names = sorted(p.stem for p in FOLDERS[folder].glob("*.json"))
     assert sorted(p.stem for p in (FOLDERS[folder] / "api").glob("*.json")) == names
-    assert len(names) == {"examples": 9, "v0_1": 4}[folder]
+    assert len(names) == {"examples": 11, "v0_1": 4}[folder]
     if folder == "examples":
         assert all((EXAMPLES / f"{name}.jpg").is_file() for name in names)
     prompts = {name: load(name, folder)[1] for name in names}

@@ -6,6 +6,9 @@ The contract of a block replacement is the one of ComfyUI's single-stream DiTs (
 ``patch(args, {"original_block": fn}) -> {"img": ...}`` with args ``{"img": (B, N, C) image tokens, "txt": (B, L', C)
 projected caption tokens, "vec": (B, 6C) adaLN-single output, "transformer_options": dict}``; ``fn(args)`` runs the
 block on ``args`` and returns ``{"img": ...}``.
+
+``control_block_hook`` adds the ControlNet residuals ComfyUI hands a model call (``control["output"][i]`` to the input
+of block i + 1, as ComfyUI's SD3 ControlNets do).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import comfy.model_management as mm
 from torch import Tensor, nn
 
 from ...pixart.block_hooks import BlockFn, BlockHook, BlockInputs
+from ...pixart.controlnet import add_to_block_inputs
 
 BLOCK_KEY = "double_block"  # PixArt blocks are single-stream; ComfyUI's single-stream DiTs patch this key
+CONTROL_KEY = "output"  # control["output"][i]: a ControlNet residual for the input of block i + 1
 
 
 def comfy_block_hook(blocks: nn.ModuleList, transformer_options: dict) -> BlockHook:
@@ -41,3 +46,19 @@ def comfy_block_hook(blocks: nn.ModuleList, transformer_options: dict) -> BlockH
         return patch(args, {"original_block": original_block})["img"]
 
     return hook
+
+
+def control_block_hook(control: dict | None) -> BlockHook | None:
+    """The block hook adding ComfyUI's ``control`` (a model call's merged ControlNet outputs) to the inputs of the
+    PixArt blocks, or None when there is none. Controls other than PixArt ControlNets' (UNet-style ``input`` /
+    ``middle`` entries) are refused."""
+    if not control:
+        return None
+    foreign = [key for key, values in control.items() if key != CONTROL_KEY and any(v is not None for v in values)]
+    if foreign:
+        raise ValueError(
+            f"PixArt Sigma: the conditioning carries a ControlNet output ({', '.join(foreign)}) that is not a PixArt "
+            "ControlNet's; load PixArt ControlNets with PixArt Sigma ControlNet Loader"
+        )
+    residuals = {i + 1: r for i, r in enumerate(control.get(CONTROL_KEY, [])) if r is not None}
+    return add_to_block_inputs(residuals) if residuals else None

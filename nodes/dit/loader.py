@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ...pixart import VARIANTS, KVCompress, parse_layers, pipeline_noise_schedule
+from ...pixart import VARIANTS, CheckpointError, KVCompress, parse_layers, pipeline_noise_schedule
 from ...pixart.sampling import NoiseSchedule
 from ..common import find_model, model_choices, pick, torch_dtype
 from ..node_api import CATEGORY, choice_problem, io, schema
@@ -126,7 +126,7 @@ class PixArtSigmaDiTLoader(io.ComfyNode):
         except ValueError as e:
             raise ValueError(f"PixArt Sigma DiT Loader: {e}") from e
         dtype = torch_dtype(pick(DIT_DTYPES, weight_dtype, "PixArt Sigma DiT Loader weight_dtype"))
-        path = find_model(DIT_KINDS, ckpt_name)
+        path = find_model(DIT_KINDS, ckpt_name, CheckpointError)
         schedule = pipeline_noise_schedule(path)  # before the weights: a config we cannot reproduce fails fast
         model = load_model(path, variant, dtype, kv)
         if schedule is None or schedule == NoiseSchedule():

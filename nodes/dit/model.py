@@ -1,5 +1,6 @@
 """PixArt-Sigma/alpha as a ComfyUI MODEL: a ``BaseModel`` around ``pixart.PixArtTransformer`` inside a
-``ModelPatcher``, and the MODEL's noise schedule as ComfyUI model sampling.
+``ModelPatcher``, with its attention (ComfyUI's backend and per-model override), its memory check (memory.py) and
+its noise schedule as ComfyUI model sampling.
 
 ComfyUI's samplers, memory management, previews and interrupts then treat it like any built-in model. Another node
 may run each model call itself: a callable under ``MODEL_CALL`` in ``transformer_options`` (PixArt Sigma Cache's
@@ -12,7 +13,7 @@ import logging
 
 import comfy.conds
 import comfy.latent_formats
-import comfy.ldm.modules.attention as comfy_attention
+import comfy.ldm.modules.attention as comfy_attention_module
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -22,11 +23,12 @@ import comfy.supported_models_base
 import torch
 
 from ...pixart import CheckpointError, KVCompress, PixArtTransformer, read_checkpoint
-from ...pixart.attention import sdpa_attention
+from ...pixart.attention import AttentionFn, sdpa_attention
 from ...pixart.sampling import NoiseSchedule
 from ...pixart.text_encoder import check_caption_width
 from ..common import check_latent, pad_caption
-from .blocks import comfy_block_hook
+from .blocks import comfy_block_hook, control_block_hook
+from .memory import add_memory_check, call_memory
 
 log = logging.getLogger(__name__)
 SUPPORTED_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -34,9 +36,20 @@ MODEL_CALL = "pixart_model_call"  # transformer_options key: a callable that run
 SAMPLING_KINDS = {"epsilon": comfy.model_sampling.EPS, "v_prediction": comfy.model_sampling.V_PREDICTION}
 
 
-def backend_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, backend):
+ATTENTION_OVERRIDE = "optimized_attention_override"  # ComfyUI's per-model attention choice in transformer_options
+
+
+def backend_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend,
+    transformer_options: dict | None = None,
+):
     """The ``pixart`` attention contract on one ComfyUI attention function (``optimized_attention`` or an
-    ``attention_*`` of ``comfy.ldm.modules.attention``).
+    ``attention_*`` of ``comfy.ldm.modules.attention``), called with the model call's ``transformer_options`` so
+    that ComfyUI's ``wrap_attn`` applies an ``optimized_attention_override`` set on the model.
 
     Args:
         q: (B, h, N, d); k, v: (B, h, N', d) (N' < N with KV compression); bias: None or (B, 1, 1, N') additive
@@ -46,17 +59,25 @@ def backend_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     """
     b, heads, n, d = q.shape
     bias = None if bias is None else bias.to(q.dtype)
-    out = backend(q, k, v, heads, mask=bias, skip_reshape=True)  # (B, N, h*d)
+    options = {} if transformer_options is None else {"transformer_options": transformer_options}
+    out = backend(q, k, v, heads, mask=bias, skip_reshape=True, **options)  # (B, N, h*d)
     return out.reshape(b, n, heads, d).transpose(1, 2)
 
 
-def comfy_attention_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The attention the nodes use: ComfyUI's ``optimized_attention`` (the user's backend) through
-    ``backend_attention``. On CPU torch's fused SDPA kernel is used instead: ComfyUI's CPU default there is its Python
-    sub-quadratic attention, which makes a whole forward several times slower (scripts/bench_dit.py)."""
-    if q.device.type == "cpu":
-        return sdpa_attention(q, k, v, bias)
-    return backend_attention(q, k, v, bias, comfy_attention.optimized_attention)
+def comfy_attention(transformer_options: dict) -> AttentionFn:
+    """The attention of one model call: ComfyUI's ``optimized_attention`` (the user's backend) through
+    ``backend_attention`` with the call's ``transformer_options``, so a per-model override routes every attention
+    through it (on any device). Without an override, on CPU torch's fused SDPA kernel is used instead: ComfyUI's CPU
+    default there is its Python sub-quadratic attention, which makes a whole forward several times slower
+    (scripts/bench_dit.py)."""
+    override = ATTENTION_OVERRIDE in transformer_options
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if q.device.type == "cpu" and not override:
+            return sdpa_attention(q, k, v, bias)
+        return backend_attention(q, k, v, bias, comfy_attention_module.optimized_attention, transformer_options)
+
+    return attention
 
 
 class ComfyPixArtTransformer(PixArtTransformer):
@@ -65,7 +86,7 @@ class ComfyPixArtTransformer(PixArtTransformer):
     def __init__(self, pixart_config, dtype=None, device=None, operations=None, **_unused):
         # float8 storage: Linear/Conv2d weights stay float8 (ComfyUI's casting ops upcast them per call), the
         # modulation tables stay float (pixart.model.table_dtype). KV compression: load_model sets it.
-        super().__init__(pixart_config, None, dtype, device, operations, attention=comfy_attention_fn)
+        super().__init__(pixart_config, None, dtype, device, operations, attention=comfy_attention({}))
         self.dtype = dtype  # read by BaseModel.get_dtype()
 
     def forward(
@@ -80,18 +101,21 @@ class ComfyPixArtTransformer(PixArtTransformer):
         executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers)
         return executor.execute(x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **kwargs)
 
-    def _forward(self, x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, **_unused):
-        """(B, C_in, H, W) latents, (B,) timesteps, (B, L, C_caption) caption -> (B, C_in, H, W) epsilon. Keyword
-        arguments of ComfyUI that PixArt has no use for (``control``, ...) are ignored."""
+    def _forward(self, x, timesteps, context, caption_mask, c_size, c_ar, transformer_options, control=None, **_unused):
+        """(B, C_in, H, W) latents, (B,) timesteps, (B, L, C_caption) caption -> (B, C_in, H, W) epsilon. ``control``:
+        PixArt ControlNet residuals for the block inputs (nodes/controlnet.py). Other keyword arguments of
+        ComfyUI that PixArt has no use for are ignored."""
         cfg = self.config
         check_latent(cfg, tuple(x.shape), "PixArt Sigma")
         check_caption_width(context.shape[-1], cfg.caption_channels)
         hook = comfy_block_hook(self.blocks, dict(transformer_options))
+        attention = comfy_attention(transformer_options)  # this call's: a per-model override applies
+        controls = [h for h in (control_block_hook(control),) if h is not None]
         forward = super().forward
 
         def run(x, timesteps, context, caption_mask, c_size, c_ar, block_hooks=()):
-            hooks = [*block_hooks, hook]  # a step cache's hooks outside ComfyUI's
-            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks)
+            hooks = [*block_hooks, *controls, hook]  # a step cache's hooks outside the control, ComfyUI's inside
+            out = forward(x, timesteps, context, caption_mask, c_size, c_ar, hooks, attention)
             return out[:, : cfg.in_channels]
 
         model_call = transformer_options.get(MODEL_CALL)  # PixArt Sigma Cache, during a sampling run
@@ -128,6 +152,15 @@ class PixArtModel(comfy.model_base.BaseModel):
     def __init__(self, model_config, device=None):
         EPS = comfy.model_base.ModelType.EPS  # noqa: N806
         super().__init__(model_config, EPS, device=device, unet_model=ComfyPixArtTransformer)
+
+    def memory_required(self, input_shape, cond_shapes=None):
+        """Bytes one call on ``input_shape`` latents needs beyond the weights, as ComfyUI asks when it loads the model
+        and batches conds: pixart's estimate (``memory.call_memory``) on the device sampling runs on."""
+        if len(input_shape) != 4:
+            return super().memory_required(input_shape, cond_shapes=cond_shapes or {})
+        patcher = self.current_patcher
+        device = patcher.load_device if patcher is not None else mm.get_torch_device()
+        return call_memory(self, input_shape, device).total
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
@@ -183,6 +216,7 @@ def load_model(
     )
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     patcher.cached_patcher_init = (load_model, (path, variant, weight_dtype, kv))
+    add_memory_check(patcher)  # every sampler refuses a latent that cannot fit, before anything is allocated
     return patcher
 
 
@@ -222,3 +256,14 @@ def prediction_of(model) -> str:
     names = {kind: name for name, kind in SAMPLING_KINDS.items()}
     kind = next(k for k in type(sampling).__mro__ if "calculate_denoised" in vars(k))
     return names.get(kind, kind.__name__)
+
+
+def model_noise_schedule(model) -> NoiseSchedule:
+    """The MODEL's own noise schedule: the one ``with_noise_schedule`` gave it, else linear betas (every PixArt
+    model's, as ComfyUI's default model sampling of our MODEL holds them) over its model sampling's training steps,
+    with its prediction type (``prediction_of``)."""
+    carried = noise_schedule_of(model)
+    if carried is not None:
+        return carried
+    sampling = model.get_model_object("model_sampling")
+    return NoiseSchedule(prediction=prediction_of(model), train_steps=len(sampling.sigmas))

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 from comfy_session import STARTED, THREADS, import_comfy, start_server, summary
-from workflow_latents import cases, latent_prompt
+from workflow_latents import cases, controlnet_examples, latent_prompt
 
 from scripts import tiny_weights
 from scripts.comfy_checkout import find_comfy
@@ -62,12 +62,15 @@ def _fresh_comfy_state(comfyui):
 @pytest.fixture(scope="session")
 def models(comfyui, tmp_path_factory):
     """The session's models folder: tiny stand-ins of every file the example and 0.1 workflows and the interop
-    prompt load; the DiT most examples load lies outside models/ and is symlinked in (as users keep large files);
-    plus a file that is no PixArt DiT and a T5 narrower than the DiT's caption channels."""
+    prompt load (and the control image of the ControlNet example, in the input folder); the DiT most examples load
+    lies outside models/ and is symlinked in (as users keep large files); plus a file that is no PixArt DiT and a T5
+    narrower than the DiT's caption channels."""
     from workflow_runs import interop_prompt
 
     folder = comfyui.models
     tiny_weights.write_tiny_models(folder, [latent_prompt(s, n) for s, n in cases()] + [interop_prompt()])
+    # the ControlNet examples' other files (ControlNet, control image) for the model lists; the DiT stays 1 block
+    tiny_weights.write_tiny_models(folder, list(controlnet_examples().values()))
     outside = tmp_path_factory.mktemp("outside-models")
     os.replace(folder / "diffusion_models" / DIT, outside / DIT)
     (folder / "diffusion_models" / DIT).symlink_to(outside / DIT)

@@ -68,9 +68,39 @@ def test_find_model_loads_what_is_symlinked_into_the_folder(nodes, stubs, tmp_pa
     import folder_paths
 
     assert "linked.safetensors" in folder_paths.get_filename_list("diffusion_models")
-    assert nodes.common.find_model(["diffusion_models"], "linked.safetensors") == outside / "real.safetensors"
+    models = stubs / "diffusion_models"
+    found = nodes.common.find_model(["diffusion_models"], "linked.safetensors")
+    assert found == models / "linked.safetensors" and found.resolve() == outside / "real.safetensors"
     assert "linked_pipeline/" in nodes.common.model_choices(["diffusion_models"])
-    assert nodes.common.find_model(["diffusion_models"], "linked_pipeline/") == outside / "pipeline"
+    found = nodes.common.find_model(["diffusion_models"], "linked_pipeline/")
+    assert found == models / "linked_pipeline" and found.resolve() == outside / "pipeline"
+
+
+def test_find_model_keeps_the_listed_name_and_says_what_is_not_a_file(nodes, stubs, pack_pixart):
+    """A Hugging Face cache layout (snapshots/<rev>/x.safetensors -> ../../blobs/<hash>) is found under its listed
+    name, not the blob's; a FIFO, a dangling link or a file where a folder is asked for is named with what it is,
+    in the loader's error kind, never "not found ... put it there"."""
+    models = stubs / "diffusion_models"
+    snapshot = models / "hub" / "snapshots" / "0123abc"
+    (models / "hub" / "blobs").mkdir(parents=True)
+    (models / "hub" / "blobs" / "9f86d081").write_text("x")
+    snapshot.mkdir(parents=True)
+    os.symlink("../../blobs/9f86d081", snapshot / "model.safetensors")
+    found = nodes.common.find_model(["diffusion_models"], "hub/snapshots/0123abc/model.safetensors")
+    assert found == snapshot / "model.safetensors" and found.suffix == ".safetensors"
+    os.mkfifo(models / "pipe.safetensors")
+    os.symlink(models / "gone.pth", models / "dangling.pth")
+    (models / "plain.pth").write_text("x")
+    cases = {
+        "pipe.safetensors": "expected a model file, found a FIFO (named pipe)",
+        "dangling.pth": "expected a model file, found a dangling link to",
+        "plain.pth/": "expected a model folder, found a regular file",
+    }
+    for name, expected in cases.items():
+        with pytest.raises(pack_pixart.CheckpointError) as error:
+            nodes.common.find_model(["diffusion_models"], name, pack_pixart.CheckpointError)
+        text = str(error.value)
+        assert str(models / name.rstrip("/")) in text and expected in text and "put it there" not in text, text
 
 
 def test_pad_caption(nodes):
@@ -134,19 +164,23 @@ def test_sampler_checks_then_calls_comfy(classes, comfy_ksampler, monkeypatch, m
     assert len(comfy_ksampler) == 2
 
 
-def test_sampler_refuses_a_size_that_cannot_fit(classes, comfy_ksampler, monkeypatch, mm, pack_pixart):
-    """4096 x 4096 px, batch 4, cfg 4.5 with 2 GiB free: refused before sampling, with the numbers and a way out."""
-    monkeypatch.setattr(mm, "get_free_memory", lambda device: 2 << 30, raising=False)
-    monkeypatch.setattr(mm, "current_loaded_models", [], raising=False)
-    model = fake_model(pack_pixart.VARIANTS["sigma-2k"])
+def test_sampler_refuses_a_size_that_cannot_fit(classes, monkeypatch, mm, pack_pixart, comfyui, models):
+    """4096 x 4096 px, batch 4, cfg 4.5 with 2 GiB free: the MODEL's check refuses it in PixArt Sigma Sampler before
+    sampling allocates, with the numbers and a way out. One model call holds the batch once (ComfyUI runs prompt
+    and negative apart when memory is short), so 4 x 65536 tokens."""
+    monkeypatch.setattr(mm, "get_free_memory", lambda *args, **kwargs: 2 << 30)
+    monkeypatch.setattr(mm, "current_loaded_models", [])
+    loader = classes["PixArtSigmaDiTLoader"]
+    model = loader.execute("PixArt-Sigma-XL-2-1024-MS.pth", "auto", "bf16", "off", 2, "auto").result[0]
     latent = {"samples": torch.zeros(4, 4, 512, 512)}
-    with pytest.raises(MemoryError) as error:
-        classes["PixArtSigmaSampler"].execute(model, "p", "n", latent, 1, 20, 4.5, "euler", "normal", 1.0)
+    cond = [[torch.zeros(1, 3, 4096), {"attention_mask": torch.ones(1, 3)}]]
+    with pytest.raises(pack_pixart.SizeError) as error:
+        classes["PixArtSigmaSampler"].execute(model, cond, cond, latent, 1, 20, 4.5, "euler", "normal", 1.0)
     text = str(error.value)
-    assert "4 x 4096x4096 px needs at least" in text and "8 x 65536 tokens" in text and "2.0 GiB are free" in text
-    assert "smaller size or batch_size" in text and "KV compression" in text and len(text) < 400
+    assert isinstance(error.value, MemoryError)
+    assert "4 x 4096x4096 px needs at least" in text and "4 x 65536 tokens" in text and "2.0 GiB are free" in text
+    assert "smaller size or batch_size" in text and "KV compression" in text and len(text) < 400, text
     text.encode("cp1252")
-    assert not comfy_ksampler
 
 
 def test_text_encode_keeps_the_real_tokens(classes):

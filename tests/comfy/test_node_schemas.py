@@ -19,11 +19,14 @@ pytestmark = pytest.mark.comfy
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"PixArtSigmaT5Loader", "PixArtSigmaTextEncode", "PixArtSigmaDiTLoader", "PixArtSigmaSampler",
             "PixArtSigmaResolution", "PixArtSigmaLoraLoader", "PixArtSigmaFewStepSchedule",
-            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache"}  # fmt: skip
+            "PixArtSigmaNoiseSchedule", "PixArtSigmaCLIPTextEncode", "PixArtSigmaCache",
+            "PixArtSigmaControlNetLoader", "PixArtSigmaTrainingDataset", "PixArtSigmaTrain",
+            "PixArtSigmaSaveTrained"}  # fmt: skip
 TITLES = {"PixArtSigmaSampler": "PixArt Sigma Sampler", "PixArtSigmaLoraLoader": "PixArt Sigma LoRA Loader",
           "PixArtSigmaDiTLoader": "PixArt Sigma DiT Loader"}  # fmt: skip
-CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced"}
-SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS"}
+CATEGORIES = {"PixArt-Sigma", "PixArt-Sigma/advanced", "PixArt-Sigma/training"}
+SOCKET_TYPES = {"MODEL", "CONDITIONING", "LATENT", "PIXART_T5", "IMAGE", "VAE", "CLIP", "SAMPLER", "SIGMAS",
+                "CONTROL_NET", "PIXART_TRAINING_DATA", "PIXART_TRAINED"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def test_search_aliases_only_where_the_host_has_them(comfyui, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_declared_inputs_and_outputs(classes, name):
+def test_declared_inputs_and_outputs(classes, models, model_folders, name):  # every file list holds a file
     cls = classes[name]
     inputs = v1_inputs(name)
     parameters = inspect.signature(cls.execute).parameters
@@ -100,7 +103,8 @@ def test_declared_inputs_and_outputs(classes, name):
 
 @pytest.fixture
 def model_folders(monkeypatch, tmp_path):
-    """A diffusers pipeline folder and a T5 folder, each in a models folder ComfyUI lists first for this test."""
+    """A diffusers pipeline folder, a T5 folder, a LoRA and a ControlNet file, each in a models folder ComfyUI lists
+    first for this test."""
     pipeline = tmp_path / "diffusion_models" / "PixArt-Sigma-XL-2-1024-MS"
     (pipeline / "transformer").mkdir(parents=True)
     (pipeline / "model_index.json").write_text("{}")
@@ -108,7 +112,10 @@ def model_folders(monkeypatch, tmp_path):
     (tmp_path / "text_encoders" / "t5-v1_1-xxl").mkdir(parents=True)
     (tmp_path / "text_encoders" / "t5-v1_1-xxl" / "config.json").write_text("{}")
     (tmp_path / "text_encoders" / "t5-v1_1-xxl" / "spiece.model").write_text("")
-    for kind in ("diffusion_models", "text_encoders"):
+    for kind, name in (("loras", "pixart_style.safetensors"), ("controlnet", "pixart_controlnet.safetensors")):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / name).write_text("")  # listed by name only: combos have a choice to check
+    for kind in ("diffusion_models", "text_encoders", "loras", "controlnet"):
         add_model_folder(monkeypatch, kind, tmp_path / kind)
     return tmp_path
 

@@ -233,7 +233,7 @@ def test_900m_pipeline_folder(s: Setup, monkeypatch) -> None:
     folder's betas; a single file loads on ComfyUI's default epsilon schedule."""
     from pixart.sampling import RECIPES, NoiseSchedule, sample
 
-    comfy_sampling = s.comfyui.module("nodes.dit.model")
+    model_glue = s.comfyui.module("nodes.dit.model")
     loader = s.comfyui.module("nodes.dit").PixArtSigmaDiTLoader
     add_model_folder(monkeypatch, "diffusion_models", s.work)
     own = {"beta_start": 0.0002, "beta_end": 0.015, "num_train_timesteps": 1000}
@@ -249,8 +249,8 @@ def test_900m_pipeline_folder(s: Setup, monkeypatch) -> None:
     name = pipeline_folder(s, scheduler)
     model = node_result(loader.execute(name, "sigma-1024", "fp32", "off", 2, "auto"))
     schedule = NoiseSchedule("v_prediction", True, own["beta_start"], own["beta_end"], own["num_train_timesteps"])
-    assert comfy_sampling.prediction_of(model) == "v_prediction"
-    carried = comfy_sampling.noise_schedule_of  # the pack's NoiseSchedule (another class than pixart's here)
+    assert model_glue.prediction_of(model) == "v_prediction"
+    carried = model_glue.noise_schedule_of  # the pack's NoiseSchedule (another class than pixart's here)
     assert dataclasses.asdict(carried(model)) == dataclasses.asdict(schedule)
     got = ksampler_900m(s, model)
     noise, _ = s.noise()
@@ -260,12 +260,12 @@ def test_900m_pipeline_folder(s: Setup, monkeypatch) -> None:
     assert_close(got, want, "900M pipeline folder (its scheduler config), KSampler dpmpp_2m")
 
     eps = noise_schedule(s, model, "epsilon", False)
-    assert comfy_sampling.prediction_of(eps) == "epsilon"
+    assert model_glue.prediction_of(eps) == "epsilon"
     assert dataclasses.asdict(carried(eps)) == dataclasses.asdict(NoiseSchedule(beta_start=0.0002, beta_end=0.015))
     sigmas = eps.get_model_object("model_sampling").sigmas.double()
     assert s.torch.allclose(sigmas, NoiseSchedule(beta_start=0.0002, beta_end=0.015).sigmas(), rtol=1e-6)
     plain = node_result(loader.execute(s.dit_file("sigma-1024", 3).name, "sigma-1024", "fp32", "off", 2, "auto"))
-    assert carried(plain) is None and comfy_sampling.prediction_of(plain) == "epsilon"
+    assert carried(plain) is None and model_glue.prediction_of(plain) == "epsilon"
 
 
 def test_900m_two_stage(s: Setup) -> None:

@@ -115,6 +115,6 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(server):
     prompt[sampler_id]["class_type"] = "PixArtSigmaSampler"
     prompt[latent_id]["inputs"].update(width=16384, height=16384, batch_size=8)
     message = failure(server, prompt)
-    assert "PixArt Sigma Sampler: 8 x 16384x16384 px needs at least" in message, message
+    assert "PixArt Sigma: sampling 8 x 16384x16384 px needs at least" in message, message
     assert "KV compression" in message and len(message) < 600, message
     assert server.get("/system_stats")

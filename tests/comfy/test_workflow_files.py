@@ -51,13 +51,16 @@ def check_value(where: str, spec, value) -> None:
 
 def widget_values(where: str, node: dict, inputs: dict) -> dict:
     """{widget name: value} from a UI node's widgets_values (ComfyUI's input order; a seed with
-    control_after_generate is followed by its control value)."""
+    control_after_generate is followed by its control value, an image_upload list (LoadImage) by its upload button's
+    "image")."""
     values, found = iter(node.get("widgets_values", [])), {}
     for input_name, spec in inputs.items():
         if is_widget(spec):
             found[input_name] = next(values)
             if spec[1].get("control_after_generate"):
                 assert next(values) in CONTROL_VALUES, f"{where}: bad control_after_generate value"
+            if spec[1].get("image_upload"):
+                assert next(values) == "image", f"{where}: bad upload widget value"
     assert next(values, None) is None, f"{where}: more widget values than widgets"
     return found
 

@@ -103,8 +103,20 @@ def latent_prompt(source: str, name: str) -> dict:
 
 
 def cases() -> list[tuple[str, str]]:
-    """(source, name) of every recorded workflow."""
-    return [(source, name) for source in SOURCES for name in prompts_of(source)]
+    """(source, name) of every recorded workflow: all but the ControlNet examples (tests/comfy/test_controlnet_node.py
+    runs those, on a tiny DiT of 2 blocks) and the training examples, which sample a freshly trained model
+    (tests/comfy/test_training_nodes.py runs those)."""
+    return [
+        (source, name)
+        for source in SOURCES
+        for name, prompt in prompts_of(source).items()
+        if name not in controlnet_examples() and not nodes_of(prompt, "PixArtSigmaTrain")
+    ]
+
+
+def controlnet_examples() -> dict[str, dict]:
+    """{name: API prompt} of the example workflows with a PixArt ControlNet."""
+    return {n: p for n, p in prompts_of("examples").items() if nodes_of(p, "PixArtSigmaControlNetLoader")}
 
 
 def recording(version: str) -> Path:
