@@ -123,7 +123,7 @@ class PixArtControlNetPatch(comfy.controlnet.ControlNet):
 
 def load_control_net(path: str | Path) -> PixArtControlNetPatch:
     """A PixArt ControlNet file as a ComfyUI ``CONTROL_NET``; weights in the dtype ComfyUI picks for the device."""
-    from .comfy_model import comfy_attention_fn  # comfy_model imports this module for control_block_hook
+    from .comfy_model import comfy_attention  # comfy_model imports this module for control_block_hook
 
     state_dict, config = read_controlnet(path)
     params = sum(t.numel() for t in state_dict.values())
@@ -133,7 +133,7 @@ def load_control_net(path: str | Path) -> PixArtControlNetPatch:
     with torch.device("meta"):
         # manual_cast: weights are cast per call to the dtype the base model computes in
         controlnet = PixArtControlNet(
-            config, dtype=dtype, operations=comfy.ops.manual_cast, attention=comfy_attention_fn, source=str(path)
+            config, dtype=dtype, operations=comfy.ops.manual_cast, attention=comfy_attention({}), source=str(path)
         )
     controlnet.load_state_dict({k: v.to(device=offload, dtype=dtype) for k, v in state_dict.items()}, assign=True)
     log.info("PixArt ControlNet loaded from %s: %s, weights %s", path, config, dtype)
