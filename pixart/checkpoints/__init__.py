@@ -80,12 +80,9 @@ def to_official_keys(tensors: dict[str, Tensor], source: str) -> dict[str, Tenso
     return converted
 
 
-def check_against_model(state_dict: Mapping[str, Tensor], config: PixArtConfig, source: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and wrongly shaped tensors for ``config``."""
-    from ..model import PixArtTransformer
-
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in PixArtTransformer(config).state_dict().items()}
+def weight_problems(state_dict: Mapping[str, Tensor], expected: Mapping[str, torch.Size]) -> list[str]:
+    """What keeps ``state_dict`` from fitting a module whose tensors have the ``expected`` shapes: missing,
+    unexpected and wrongly shaped tensors, each with key, expected and found; empty when it fits."""
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = [
@@ -100,6 +97,16 @@ def check_against_model(state_dict: Mapping[str, Tensor], config: PixArtConfig, 
         problems.append(f"unexpected {len(unexpected)}: {listing(unexpected)}")
     if wrong:
         problems.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:3])}")
+    return problems
+
+
+def check_against_model(state_dict: Mapping[str, Tensor], config: PixArtConfig, source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and wrongly shaped tensors for ``config``."""
+    from ..model import PixArtTransformer
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in PixArtTransformer(config).state_dict().items()}
+    problems = weight_problems(state_dict, expected)
     if problems:
         shape = (
             f"depth {config.depth}, hidden_size {config.hidden_size}, patch_size {config.patch_size}, "

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoints import weight_problems
 from ..checkpoints.keymap import diffusers_to_official
 from ..detect import HEAD_DIM, MAX_DEPTH, MAX_WIDTH
 from ..errors import CheckpointError, listing, short
@@ -146,21 +147,8 @@ def check_against_controlnet(state_dict: Mapping[str, Tensor], config: ControlNe
     """CheckpointError listing missing, unexpected and wrongly shaped tensors for ``config`` (key, expected, found)."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in PixArtControlNet(config).state_dict().items()}
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [
-        f"{short(k, 60)} is {tuple(v.shape)}, expected {tuple(expected[k])}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k]
-    ]
+    problems = weight_problems(state_dict, expected)
     not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {listing(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:3])}")
     if not_float:
         problems.append(f"not floating point: {listing(not_float)}")
     if problems:
