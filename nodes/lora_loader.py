@@ -17,7 +17,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import comfy.lora
+import folder_paths
 import torch
+from comfy.weight_adapter import LoRAAdapter
 
 from ..pixart.lora import PEFT_CONFIG, PEFT_WEIGHTS, Lora, LoraError, LoraTarget, check_fit, load_lora, peft_dora
 from .common import find_in_folders
@@ -137,41 +140,33 @@ def comfy_lora(lora: Lora, prefix: str = PREFIX) -> tuple[dict[str, torch.Tensor
     return tensors, key_map
 
 
-@functools.cache
-def _peft_dora_adapter() -> type:
+class PeftDoraAdapter(LoRAAdapter):
     """A ComfyUI ``LoRAAdapter`` whose DoRA is PEFT's: ``W + strength * (peft_dora(W, scale * up @ down, m) - W)``."""
-    from comfy.weight_adapter import LoRAAdapter
 
-    class PeftDoraAdapter(LoRAAdapter):
-        name = "peft_dora"
+    name = "peft_dora"
 
-        def __init__(self, target: LoraTarget):
-            super().__init__(set(), (target.up, target.down, target.scale * target.rank, None, None, None))
-            self.target = target
+    def __init__(self, target: LoraTarget):
+        super().__init__(set(), (target.up, target.down, target.scale * target.rank, None, None, None))
+        self.target = target
 
-        def calculate_weight(self, weight, key, strength, strength_model, offset, function, *args, **kwargs):
-            delta = self.target.delta().to(weight.device).reshape(weight.shape)
-            merged = peft_dora(weight, delta, self.target.magnitude)
-            weight += function(strength * (merged - weight.float())).to(weight.dtype)
-            return weight
-
-    return PeftDoraAdapter
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function, *args, **kwargs):
+        delta = self.target.delta().to(weight.device).reshape(weight.shape)
+        merged = peft_dora(weight, delta, self.target.magnitude)
+        weight += function(strength * (merged - weight.float())).to(weight.dtype)
+        return weight
 
 
 def comfy_patches(lora: Lora, prefix: str = PREFIX) -> dict:
     """ComfyUI patches for ``ModelPatcher.add_patches``: ``{key or (key, (0, start, rows)): adapter or diff}``,
     made by ComfyUI's ``comfy.lora.load_lora``; LoraError when it makes none for an update."""
-    import comfy.lora
-
     tensors, key_map = comfy_lora(lora, prefix)
     patches = comfy.lora.load_lora(tensors, key_map, log_missing=False)
     missing = [str(key) for key in key_map.values() if key not in patches]
     if missing:
         raise LoraError(f"{lora.path}: ComfyUI's weight adapters made no patch for {missing[:6]}")
-    adapter = _peft_dora_adapter()
     for t in lora.targets:
         if t.magnitude is not None:
-            patches[_patch_key(t.key, t.chunks, t.rows, prefix)] = adapter(t)
+            patches[_patch_key(t.key, t.chunks, t.rows, prefix)] = PeftDoraAdapter(t)
     return patches
 
 
@@ -193,8 +188,6 @@ class PixArtSigmaLoraLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import folder_paths
-
         names = lora_choices(folder_paths.get_filename_list("loras"), folder_paths.get_folder_paths("loras"))
         return schema(
             node_id="PixArtSigmaLoraLoader",
@@ -230,8 +223,6 @@ class PixArtSigmaLoraLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, model=None, lora_name=None, strength=None):
         """What changes with the LoRA file's content (``file_stamp``), so that a changed file runs the node again."""
-        import folder_paths
-
         if not isinstance(lora_name, str):
             return None  # linked from another node
         try:
@@ -248,8 +239,6 @@ class PixArtSigmaLoraLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
         """Clone ``model`` and add the LoRA's patches at ``strength``."""
-        import folder_paths
-
         check_number(WHO, "strength", strength, STRENGTH["min"], STRENGTH["max"])
         path = find_lora(lora_name, folder_paths.get_folder_paths("loras"))
         lora = cached_lora(path)

@@ -39,8 +39,6 @@ def test_top_level_init_does_only_the_guarded_import():
 
 
 COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "nodes")
-# The modules of nodes/ that do not follow the layout yet, with who owns them (see the final report).
-OTHERS = {"lora_loader.py"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[ast.AST, str]]:
@@ -63,8 +61,6 @@ def test_nodes_are_organised_by_family():
     twins += ["t5_loader.py", "t5_model.py", "comfy_controlnet.py", "comfy_memory.py"]
     assert not [name for name in twins if (folder / name).exists()]
     for path in sorted(folder.rglob("*.py")):
-        if path.name in OTHERS:
-            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]:
             for node, name in _imports(function):
