@@ -13,10 +13,12 @@ Set-up (timed on its own; once built, a run only reads the venvs' marker files; 
 
 Steps, each timed:
 1. ``ruff check .`` and ``ruff format --check .``
-2. ``<test venv python> -m pytest -m "not comfy"``: the plain suite (no ComfyUI needed)
-3. per tree, ``<its interpreter> -m pytest -m comfy`` from the repository root with ``COMFYUI_PATH=<tree>`` and the
-   tree's own ``PYTHONPATH`` entries (0.3.64's frontend pins): pytest itself runs inside ComfyUI's interpreter. With
-   no tree the comfy tests run once in the test venv and skip, saying why.
+2. at the same time, each into its own log that is printed whole when the step ends (``OMP_NUM_THREADS`` = the
+   cores shared among them, at least 1):
+   - ``<test venv python> -m pytest -m "not comfy"``: the plain suite (no ComfyUI needed)
+   - per tree, ``<its interpreter> -m pytest -m comfy`` from the repository root with ``COMFYUI_PATH=<tree>`` and the
+     tree's own ``PYTHONPATH`` entries (0.3.64's frontend pins): pytest itself runs inside ComfyUI's interpreter.
+     With no tree the comfy tests run once in the test venv and skip, saying why.
 
 Extra arguments go to every pytest run. Exits non-zero when any step fails; pytest's "no tests collected" (exit 5)
 is not a failure.
@@ -29,6 +31,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,10 +92,43 @@ def comfy_interpreter(tree: Path) -> tuple[str, dict[str, str]]:
 
 
 def step(name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, int, float]:
+    """Run one step in the foreground: (name, exit code, seconds)."""
     print(f"\n=== {name}: {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
     code = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}).returncode
     return name, 0 if code == NO_TESTS else code, time.monotonic() - start
+
+
+def steps_together(steps: list[tuple[str, list[str], dict[str, str]]]) -> list[tuple[str, int, float]]:
+    """Run ``steps`` [(name, command, extra environment)] at the same time, each writing to its own log in a
+    temporary folder; print each log whole when its step ends. The cores are shared: each step gets
+    ``OMP_NUM_THREADS`` = cores / steps (at least 1). Returns [(name, exit code, seconds)] in the order given."""
+    threads = str(max(1, (os.cpu_count() or 1) // len(steps)))
+    results, running = {}, {}
+    with tempfile.TemporaryDirectory(prefix="pixart-test-logs-") as folder:
+        try:
+            for index, (name, cmd, env) in enumerate(steps):
+                shown = [f"{key}={value}" for key, value in env.items()]
+                print(f"=== started: {name}: {shlex.join([*shown, *cmd])}", flush=True)
+                log = Path(folder) / f"{index}.log"
+                with open(log, "wb") as out:
+                    full_env = {**os.environ, "OMP_NUM_THREADS": threads, **env}
+                    process = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+                running[index] = (process, log, time.monotonic())
+            while running:
+                time.sleep(0.2)
+                for index in [i for i, (process, _, _) in running.items() if process.poll() is not None]:
+                    process, log, started = running.pop(index)
+                    seconds, name = time.monotonic() - started, steps[index][0]
+                    print(f"\n=== {name} ({seconds:.0f} s, exit {process.returncode})", flush=True)
+                    sys.stdout.buffer.write(log.read_bytes())
+                    sys.stdout.flush()
+                    results[index] = (name, 0 if process.returncode == NO_TESTS else process.returncode, seconds)
+        finally:
+            for process, _, _ in running.values():
+                process.kill()
+                process.wait()
+    return [results[index] for index in range(len(steps))]
 
 
 def setup() -> tuple[str, list[tuple[str, str, dict[str, str]]], list[str]]:
@@ -138,11 +174,11 @@ def main(argv: list[str]) -> int:
     results = [
         step("ruff check", [python, "-m", "ruff", "check", "."]),
         step("ruff format", [python, "-m", "ruff", "format", "--check", "."]),
-        step("plain suite", [python, *pytest, "-m", "not comfy"]),
     ]
-    for name, comfy_python, env in runs:
-        print(f"\n{name}: {comfy_python}" + (f" (PYTHONPATH={env['PYTHONPATH']})" if "PYTHONPATH" in env else ""))
-        results.append(step(name, [comfy_python, *pytest, "-m", "comfy"], env))
+    print()
+    suites = [("plain suite", [python, *pytest, "-m", "not comfy"], {})]
+    suites += [(name, [comfy_python, *pytest, "-m", "comfy"], env) for name, comfy_python, env in runs]
+    results += steps_together(suites)
     print("\n=== summary", flush=True)
     print(f"ok   {setup_s:7.0f} s  set-up (one time when building; a check afterwards)")
     for error in errors:

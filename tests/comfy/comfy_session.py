@@ -19,7 +19,8 @@ from scripts.comfy_server import PACK_NAME, ComfyServer
 from scripts.comfy_tree import REPO, comfy_version
 
 STARTED = {"imported": 0, "servers": 0, "subprocesses": 0}
-THREADS = 2  # torch threads in the tests and in the server
+# torch threads in the tests and in the server: $OMP_NUM_THREADS (scripts/run_tests.py shares the cores), else 2
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or 2)
 
 
 @dataclass(frozen=True)
