@@ -6,6 +6,7 @@ replaced by other trees."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -67,3 +68,29 @@ def test_a_comfyui_path_that_is_not_comfyui_stops_the_tests(tmp_path, monkeypatc
     monkeypatch.setenv("COMFYUI_PATH", str(folder))
     with pytest.raises(run_tests.SetupFailed, match=f"COMFYUI_PATH={folder} is not a ComfyUI checkout"):
         run_tests.comfy_trees()
+
+
+def test_suites_run_at_the_same_time_each_log_printed_whole(tmp_path, capfd, monkeypatch):
+    """steps_together starts every step before any ends (each waits for a file the other writes, so run one after the
+    other the first would give up), prints each step's log as one block, shares the cores through OMP_NUM_THREADS
+    and reports (name, exit code, seconds) in the order given, pytest's "no tests collected" (5) counting as 0."""
+    monkeypatch.setattr(run_tests.os, "cpu_count", lambda: 4)
+    waits = (
+        "import os, pathlib, sys, time; here, other = map(pathlib.Path, sys.argv[1:3]); here.touch(); "
+        "end = time.monotonic() + 60\n"
+        "while not other.exists() and time.monotonic() < end: time.sleep(0.05)\n"
+        "print('threads', os.environ['OMP_NUM_THREADS'], 'saw', other.name if other.exists() else None); "
+        "print('second line'); sys.exit(int(sys.argv[3]))"
+    )
+    a, b = tmp_path / "a", tmp_path / "b"
+    steps = [
+        ("first", [sys.executable, "-c", waits, str(a), str(b), "5"], {}),
+        ("second", [sys.executable, "-c", waits, str(b), str(a), "3"], {"EXTRA": "x"}),
+    ]
+    results = run_tests.steps_together(steps)
+    assert [(name, code) for name, code, _ in results] == [("first", 0), ("second", 3)]
+    out = capfd.readouterr().out
+    assert "started: second: EXTRA=x " in out
+    for name, other in (("first", "b"), ("second", "a")):
+        block = out.split(f"=== {name} (")[1]
+        assert f"threads 2 saw {other}\nsecond line\n" in block, out
