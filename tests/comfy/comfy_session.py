@@ -18,7 +18,7 @@ from pathlib import Path
 from scripts.comfy_server import PACK_NAME, ComfyServer
 from scripts.comfy_tree import REPO, comfy_version
 
-STARTED = {"imported": 0, "servers": 0, "subprocesses": 0}
+STARTED = {"imported": 0, "servers": 0}
 THREADS = 2  # torch threads in the tests and in the server
 
 
@@ -116,8 +116,5 @@ def start_server(comfy: Comfy) -> ComfyServer:
 
 def summary() -> str:
     """One line: the ComfyUI processes this session used."""
-    total = STARTED["imported"] + STARTED["servers"] + STARTED["subprocesses"]
-    return (
-        f"ComfyUI processes: {total} (this pytest process {STARTED['imported']}, servers {STARTED['servers']}, "
-        f"other interpreters {STARTED['subprocesses']})"
-    )
+    total = STARTED["imported"] + STARTED["servers"]
+    return f"ComfyUI processes: {total} (this pytest process {STARTED['imported']}, servers {STARTED['servers']})"

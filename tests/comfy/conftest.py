@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 from comfy_session import STARTED, THREADS, import_comfy, start_server, summary
+from session_runner import session_runner
 from workflow_latents import cases, controlnet_examples, latent_prompt
 
 from scripts import tiny_weights
@@ -85,3 +86,9 @@ def server(comfyui, models):
     started = start_server(comfyui)
     yield started
     started.stop()
+
+
+@pytest.fixture
+def runner(server, monkeypatch, caplog):
+    """scripts/run_workflow.py's main on the session's server: run(*argv) -> (exit code, its log)."""
+    return session_runner(server, monkeypatch, caplog)

@@ -9,20 +9,18 @@ not ours are refused. The example workflow (LoadImage -> Canny -> Apply ControlN
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 from model_setup import CFG
 from node_calls import add_model_folder, assert_close, node_result
-from workflow_latents import controlnet_examples
+from workflow_latents import controlnet_examples, nodes_of
 
 pytestmark = pytest.mark.comfy
-REPO = Path(__file__).resolve().parents[2]
 FILES = ("first.safetensors", "second_adapter.safetensors")  # official layout, 2 copies; diffusers adapter, 1 copy
 TOL = 1e-5
+TWO_BLOCK_DIT = "PixArt-Sigma-XL-2-1024-MS-2-blocks.pth"  # the ControlNet example's DiT in the headless run
 
 
 class Setup:
@@ -193,12 +191,21 @@ def test_missing_vae_and_foreign_model_are_refused(s, monkeypatch):
         first.copy().pre_run(other, lambda percent: percent)
 
 
-def test_example_workflow_runs_headless_with_tiny_models(comfyui, tmp_path):
-    """scripts/run_workflow.py --tiny on the ControlNet example (its own base folder: the DiT there has 2 blocks)."""
+def test_example_workflow_runs_headless_with_tiny_models(comfyui, models, runner, tmp_path):
+    """scripts/run_workflow.py --tiny on the ControlNet example, on the session's server (session_runner.py), at 256 px
+    and 2 steps: its DiT replaced by a 2-block one (the session's example DiT has 1 block; the ControlNet's residual
+    goes to block 1), the ControlNet, T5, VAE and control image the session's."""
     import json
+
+    from scripts import tiny_weights
 
     (prompt,) = controlnet_examples().values()
     prompt = copy.deepcopy(prompt)
+    (dit_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader")
+    prompt[dit_id]["inputs"]["ckpt_name"] = TWO_BLOCK_DIT
+    dit = models / "diffusion_models" / TWO_BLOCK_DIT
+    if not dit.exists():  # what run_workflow --tiny writes for this example: 2 blocks, the ControlNet's base
+        tiny_weights.write(dit, tiny_weights.dit_state_dict("sigma-1024", depth=2))
     for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=256, height=256)
@@ -207,10 +214,8 @@ def test_example_workflow_runs_headless_with_tiny_models(comfyui, tmp_path):
     workflow = tmp_path / "controlnet.json"
     workflow.write_text(json.dumps(prompt))
     out = tmp_path / "out"
-    runner = REPO / "scripts" / "run_workflow.py"
-    cmd = [sys.executable, str(runner), str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--tiny"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "node 13 ControlNetApplyAdvanced" in run.stderr, run.stderr[-4000:]
+    code, log = runner(str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--tiny")
+    assert code == 0, log[-4000:]
+    assert "node 13 ControlNetApplyAdvanced" in log, log[-4000:]
     (image,) = out.glob("PixArtSigmaControlNet_*.png")
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
