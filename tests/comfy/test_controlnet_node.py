@@ -13,7 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
-from model_setup import CFG
+from model_setup import CFG, WIDTH
 from node_calls import add_model_folder, assert_close, node_result
 from workflow_latents import controlnet_examples, nodes_of
 
@@ -24,7 +24,8 @@ TWO_BLOCK_DIT = "PixArt-Sigma-XL-2-1024-MS-2-blocks.pth"  # the ControlNet examp
 
 
 class Setup:
-    """A 3-block tiny PixArt-Sigma file, two ControlNets of it, a tiny VAE, conditioning, noise and a hint image."""
+    """A 3-block tiny PixArt-Sigma file (WIDTH wide), two ControlNets of it, a tiny VAE, conditioning, noise and a
+    hint image."""
 
     def __init__(self, comfyui, work: Path):
         import comfy.sd
@@ -37,7 +38,7 @@ class Setup:
         self.comfy_model = comfyui.module("nodes.dit.model")
         self.loader = comfyui.module("nodes.controlnet").PixArtSigmaControlNetLoader
         self.path = work / "tiny_sigma.safetensors"
-        dit = tiny_weights.dit_state_dict("sigma-1024", depth=3, seed=3)
+        dit = tiny_weights.dit_state_dict("sigma-1024", depth=3, seed=3, hidden=WIDTH)
         save_file(dit, str(self.path))
         self.folder = work / "controlnet"
         self.folder.mkdir()
