@@ -18,13 +18,14 @@ pytestmark = pytest.mark.comfy
 
 TOL = 1e-5  # fp32, ComfyUI's CFG on x_0 vs pixart's on epsilon
 STEPS, CFG, SEED, DEPTH = 8, 4.5, 7, 3
+WIDTH = 288  # C: 4 heads of 72 (the T-GATE check that a shifted gate_step differs has a thin margin: 1.7x here)
 TGATE = {"gate_step": 5, "sp_interval": 3, "fi_interval": 1, "warm_up": 1}  # self reused at 2, cross from 5
 FIRST_BLOCK = {"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "max_continuous_cached_steps": 2}
 DBCACHE = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "residual_diff_threshold": 1.0, "max_warmup_steps": 3}
 
 
 class Setup:
-    """A tiny PixArt-Sigma file (DEPTH blocks, 288 wide), our MODEL of it, prompt states, the cache node and log
+    """A tiny PixArt-Sigma file (DEPTH blocks, WIDTH wide), our MODEL of it, prompt states, the cache node and log
     records."""
 
     def __init__(self, comfyui, work, records: list[str]):
@@ -38,7 +39,7 @@ class Setup:
         self.node = comfyui.module("nodes.cache").PixArtSigmaCache
         self.sampler_node = comfyui.module("nodes.sampler").PixArtSigmaSampler
         self.path = work / "tiny_sigma.safetensors"
-        save_file(tiny_weights.dit_state_dict("sigma-1024", DEPTH, seed=3, hidden=288), str(self.path))  # 4 heads
+        save_file(tiny_weights.dit_state_dict("sigma-1024", DEPTH, seed=3, hidden=WIDTH), str(self.path))
         g = torch.Generator().manual_seed(11)
         self.pos = torch.randn(1, 9, 4096, generator=g)
         self.neg = torch.randn(1, 4, 4096, generator=g)

@@ -3,8 +3,8 @@ ControlNet Loader -> Apply ControlNet (hint through a VAE) -> sampling equals ``
 same weights, hint latent and noise (fp32 <= 1e-5 relative): strength 0 is the run without ControlNet, strength s
 scales the residuals, start / end percent switch it per step, two chained ControlNets (official and diffusers-adapter
 files) add, and with CFG each row gets the control Apply ControlNet attached to it; a missing VAE and a MODEL that is
-not ours are refused. The example workflow (LoadImage -> Canny -> Apply ControlNet -> KSampler) runs headless with
-``--tiny``."""
+not ours are refused. The example workflow (LoadImage -> Canny -> Apply ControlNet -> KSampler) runs headless
+(scripts/run_workflow.py) on tiny weights, on the session's server."""
 
 from __future__ import annotations
 
@@ -193,9 +193,11 @@ def test_missing_vae_and_foreign_model_are_refused(s, monkeypatch):
 
 
 def test_example_workflow_runs_headless_with_tiny_models(comfyui, models, runner, tmp_path):
-    """scripts/run_workflow.py --tiny on the ControlNet example, on the session's server (session_runner.py), at 256 px
-    and 2 steps: its DiT replaced by a 2-block one (the session's example DiT has 1 block; the ControlNet's residual
-    goes to block 1), the ControlNet, T5, VAE and control image the session's."""
+    """scripts/run_workflow.py on the ControlNet example, on the session's server (session_runner.py) and its tiny
+    models, at 256 px and 2 steps: its DiT replaced by a 2-block one (the session's example DiT has 1 block; the
+    ControlNet's residual goes to block 1), the ControlNet, T5, VAE and control image the session's. (``--tiny``
+    would write stand-ins in the runner's own base folder, which the session's server does not read: the runner's
+    --tiny path is tests/comfy/test_main_job.py's.)"""
     import json
 
     from scripts import tiny_weights
@@ -215,7 +217,7 @@ def test_example_workflow_runs_headless_with_tiny_models(comfyui, models, runner
     workflow = tmp_path / "controlnet.json"
     workflow.write_text(json.dumps(prompt))
     out = tmp_path / "out"
-    code, log = runner(str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--tiny")
+    code, log = runner(str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--models", str(models))
     assert code == 0, log[-4000:]
     assert "node 13 ControlNetApplyAdvanced" in log, log[-4000:]
     (image,) = out.glob("PixArtSigmaControlNet_*.png")
