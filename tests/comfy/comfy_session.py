@@ -103,20 +103,21 @@ torch.empty = _zeroed_empty
 # torch.compile in the server (TorchCompileModel): inductor trusts the CPU's base vector ISAs instead of proving each by
 # building and loading a probe library in a fresh interpreter that imports torch (seconds per ISA, once per process).
 INDUCTOR_ENV = {"TORCHINDUCTOR_VEC_ISA_OK": "1"}
+# ComfyUI's own text encoders (CLIPLoader: the interop test's full T5-XXL) in fp32: on a CPU, 0.3.64 would keep them in
+# fp16, whose matmuls are several times slower there. Our T5 loader names its dtype and is not affected.
+SERVER_ARGS = ["--preview-method", "latent2rgb", "--fp32-text-enc"]
 
 
 def start_server(comfy: Comfy) -> ComfyServer:
     """A started server of the same tree and interpreter on loopback (CPU), with the session's base directory (its
-    models, and the pack in custom_nodes/), ZEROED_EMPTY loaded and INDUCTOR_ENV set."""
+    models, and the pack in custom_nodes/), ZEROED_EMPTY loaded, INDUCTOR_ENV and SERVER_ARGS."""
     site = comfy.base / "test-site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(ZEROED_EMPTY.format(threads=THREADS))
     paths = [str(site), os.environ.get("PYTHONPATH")]
     env = {"PYTHONPATH": os.pathsep.join(filter(None, paths)), "OMP_NUM_THREADS": str(THREADS)}
     env.update(INDUCTOR_ENV)
-    server = ComfyServer(
-        comfy.root, comfy.base, sys.executable, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env
-    )
+    server = ComfyServer(comfy.root, comfy.base, sys.executable, cpu=True, extra_args=SERVER_ARGS, env=env)
     STARTED["servers"] += 1
     return server.start()
 
