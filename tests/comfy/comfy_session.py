@@ -104,8 +104,9 @@ torch.empty = _zeroed_empty
 # building and loading a probe library in a fresh interpreter that imports torch (seconds per ISA, once per process).
 INDUCTOR_ENV = {"TORCHINDUCTOR_VEC_ISA_OK": "1"}
 # ComfyUI's own text encoders (CLIPLoader: the interop test's full T5-XXL) in fp32: on a CPU, 0.3.64 would keep them in
-# fp16, whose matmuls are several times slower there. Our T5 loader names its dtype and is not affected.
-SERVER_ARGS = ["--preview-method", "latent2rgb", "--fp32-text-enc"]
+# fp16, whose matmuls are several times slower there (our T5 loader names its dtype and is not affected); no API nodes
+# (comfy_api_nodes, for paid cloud services: a second off the start; the in-process import skips them too).
+SERVER_ARGS = ["--preview-method", "latent2rgb", "--fp32-text-enc", "--disable-api-nodes"]
 
 
 def start_server(comfy: Comfy) -> ComfyServer:
