@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 import pixart
+from pixart.detect import HEAD_DIM
 from pixart.errors import PixArtError, short
 from scripts.model_files import ModelFile, model_files
 from scripts.tiny_controlnet import tiny_controlnet
@@ -50,10 +51,15 @@ def _rand(*shape: int, scale: float | None = None, generator=None) -> torch.Tens
     return torch.randn(*shape, generator=generator) * std
 
 
-def dit_state_dict(variant: str, depth: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+def dit_state_dict(variant: str, depth: int = 1, seed: int = 0, hidden: int | None = None) -> dict[str, torch.Tensor]:
     """A PixArt state dict with official keys: the ``variant`` preset with ``depth`` blocks, random weights, plus the
-    null caption ``y_embedder.y_embedding`` that official files carry."""
+    null caption ``y_embedder.y_embedding`` that official files carry. ``hidden``: a width C other than the preset's
+    (1152), a multiple of HEAD_DIM with C / HEAD_DIM heads (as our loader reads it; ComfyUI's own PixArt needs 1152)."""
     config = pixart.VARIANTS[variant].replace(depth=depth)
+    if hidden is not None:
+        if hidden < HEAD_DIM or hidden % HEAD_DIM:
+            raise PixArtError(f"tiny DiT width: expected a multiple of {HEAD_DIM}, found {hidden}")
+        config = config.replace(hidden_size=hidden, num_heads=hidden // HEAD_DIM)
     torch.manual_seed(seed)
     with torch.no_grad():
         model = pixart.PixArtTransformer(config)

@@ -12,13 +12,14 @@ import asyncio
 import importlib
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.comfy_server import PACK_NAME, ComfyServer
+from scripts.comfy_server import PACK_NAME, ComfyServer, ServerFailed
 from scripts.comfy_tree import REPO, comfy_version
 
-STARTED = {"imported": 0, "servers": 0, "subprocesses": 0}
+STARTED = {"imported": 0, "servers": 0}
 # torch threads in the tests and in the server: $OMP_NUM_THREADS (scripts/run_tests.py shares the cores), else 2
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or 2)
 
@@ -100,25 +101,67 @@ torch.empty = _zeroed_empty
 """
 
 
+# torch.compile in the server (TorchCompileModel): inductor trusts the CPU's base vector ISAs instead of proving each by
+# building and loading a probe library in a fresh interpreter that imports torch (seconds per ISA, once per process).
+INDUCTOR_ENV = {"TORCHINDUCTOR_VEC_ISA_OK": "1"}
+# ComfyUI's own text encoders (CLIPLoader: the interop test's full T5-XXL) in fp32: on a CPU, 0.3.64 would keep them in
+# fp16, whose matmuls are several times slower there (our T5 loader names its dtype and is not affected); no API nodes
+# (comfy_api_nodes, for paid cloud services: a second off the start; the in-process import skips them too).
+SERVER_ARGS = ["--preview-method", "latent2rgb", "--fp32-text-enc", "--disable-api-nodes"]
+
+
 def start_server(comfy: Comfy) -> ComfyServer:
     """A started server of the same tree and interpreter on loopback (CPU), with the session's base directory (its
-    models, and the pack in custom_nodes/) and ZEROED_EMPTY loaded."""
+    models, and the pack in custom_nodes/), ZEROED_EMPTY loaded, INDUCTOR_ENV and SERVER_ARGS."""
     site = comfy.base / "test-site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(ZEROED_EMPTY.format(threads=THREADS))
     paths = [str(site), os.environ.get("PYTHONPATH")]
     env = {"PYTHONPATH": os.pathsep.join(filter(None, paths)), "OMP_NUM_THREADS": str(THREADS)}
-    server = ComfyServer(
-        comfy.root, comfy.base, sys.executable, cpu=True, extra_args=["--preview-method", "latent2rgb"], env=env
-    )
+    env.update(INDUCTOR_ENV)
+    server = ComfyServer(comfy.root, comfy.base, sys.executable, cpu=True, extra_args=SERVER_ARGS, env=env)
     STARTED["servers"] += 1
     return server.start()
 
 
+class ServerThread:
+    """``start_server`` in a thread of its own, started at once, so the server comes up while other tests run. The
+    thread then holds the server until ``stop``: ComfyServer has its server killed when the thread that started it
+    ends (``PR_SET_PDEATHSIG``), and with this process."""
+
+    def __init__(self, comfy: Comfy):
+        self._up, self._release = threading.Event(), threading.Event()
+        self._server: ComfyServer | None = None
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._hold, args=(comfy,), name="comfyui-server", daemon=True)
+        self._thread.start()
+
+    def _hold(self, comfy: Comfy) -> None:
+        try:
+            self._server = start_server(comfy)
+        except (ServerFailed, OSError) as e:  # raised again to the test that waits for the server
+            self._error = e
+        finally:
+            self._up.set()
+        if self._server is not None:
+            self._release.wait()
+            self._server.stop()
+
+    def server(self) -> ComfyServer:
+        """The started server, once it answers; what stopped it from starting is raised here."""
+        self._up.wait()
+        if self._error is not None:
+            raise self._error
+        if self._server is None:
+            raise RuntimeError("the thread starting ComfyUI failed (its traceback is above)")
+        return self._server
+
+    def stop(self) -> None:
+        self._release.set()
+        self._thread.join()
+
+
 def summary() -> str:
     """One line: the ComfyUI processes this session used."""
-    total = STARTED["imported"] + STARTED["servers"] + STARTED["subprocesses"]
-    return (
-        f"ComfyUI processes: {total} (this pytest process {STARTED['imported']}, servers {STARTED['servers']}, "
-        f"other interpreters {STARTED['subprocesses']})"
-    )
+    total = STARTED["imported"] + STARTED["servers"]
+    return f"ComfyUI processes: {total} (this pytest process {STARTED['imported']}, servers {STARTED['servers']})"

@@ -1,7 +1,8 @@
 """Fixtures of the real-ComfyUI tests (marker ``comfy``): one ComfyUI imported into this pytest process for the
-session, the tiny model files written once, and at most one server of the same tree, started the first time a test
-asks for it. Without a ComfyUI (``COMFYUI_PATH``, or the ComfyUI holding this repository) that this interpreter can
-import, every test here skips and says why; the modules import no ComfyUI at their top, so they collect anywhere.
+session, the tiny model files written once, and at most one server of the same tree: when a collected test needs it,
+it starts in the background right after the import, so it comes up while the in-process tests run. Without a
+ComfyUI (``COMFYUI_PATH``, or the ComfyUI holding this repository) that this interpreter can import, every test
+here skips and says why; the modules import no ComfyUI at their top, so they collect anywhere.
 
 Run: ``COMFYUI_PATH=/path/to/ComfyUI <its python> -m pytest -m comfy`` (scripts/run_tests.py does this per tree).
 """
@@ -14,7 +15,8 @@ import sys
 
 import pytest
 import torch
-from comfy_session import STARTED, THREADS, import_comfy, start_server, summary
+from comfy_session import STARTED, THREADS, ServerThread, import_comfy, summary
+from session_runner import session_runner
 from workflow_latents import cases, controlnet_examples, latent_prompt
 
 from scripts import tiny_weights
@@ -79,9 +81,24 @@ def models(comfyui, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _server_thread(comfyui, request):
+    """The session's server starting in the background, when any collected test uses the ``server`` fixture."""
+    if not any("server" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    thread = ServerThread(comfyui)
+    yield thread
+    thread.stop()
+
+
 @pytest.fixture(scope="session")
-def server(comfyui, models):
-    """The session's one ComfyUI server (same tree, interpreter and base directory), started on first use."""
-    started = start_server(comfyui)
-    yield started
-    started.stop()
+def server(_server_thread, models):
+    """The session's one ComfyUI server (same tree, interpreter and base directory), once it answers."""
+    return _server_thread.server()
+
+
+@pytest.fixture
+def runner(server, monkeypatch, caplog):
+    """scripts/run_workflow.py's main on the session's server: run(*argv) -> (exit code, its log)."""
+    return session_runner(server, monkeypatch, caplog)

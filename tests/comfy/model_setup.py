@@ -1,14 +1,16 @@
-"""A 2-block tiny PixArt-Sigma file, our MODEL of it as ComfyUI gets it, prompt states, noise, sampling through
-ComfyUI, and the same file through ``pixart`` directly: the set-up of the in-process machinery and LoRA tests."""
+"""A 2-block tiny PixArt-Sigma file (WIDTH wide), our MODEL of it as ComfyUI gets it, prompt states, noise, sampling
+through ComfyUI, and the same file through ``pixart`` directly: the set-up of the in-process machinery and LoRA
+tests."""
 
 from __future__ import annotations
 
 STEPS = 4
 CFG = 4.5
+WIDTH = 144  # C: 2 heads of 72 (our loader reads any multiple of 72 wide; 1152 only matters to ComfyUI's own PixArt)
 
 
 class Setup:
-    """A 2-block tiny PixArt-Sigma file, our MODEL of it, conditioning and noise."""
+    """A 2-block tiny PixArt-Sigma file (WIDTH wide), our MODEL of it, conditioning and noise."""
 
     def __init__(self, comfyui, work):
         import torch
@@ -20,7 +22,7 @@ class Setup:
         self.comfyui = comfyui
         self.comfy_model = comfyui.module("nodes.dit.model")
         self.path = work / "tiny_sigma.safetensors"
-        save_file(tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3), str(self.path))
+        save_file(tiny_weights.dit_state_dict("sigma-1024", depth=2, seed=3, hidden=WIDTH), str(self.path))
         g = torch.Generator().manual_seed(11)
         self.pos = torch.randn(1, 9, 4096, generator=g)
         self.neg = torch.randn(1, 4, 4096, generator=g)

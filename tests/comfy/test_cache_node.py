@@ -18,24 +18,28 @@ pytestmark = pytest.mark.comfy
 
 TOL = 1e-5  # fp32, ComfyUI's CFG on x_0 vs pixart's on epsilon
 STEPS, CFG, SEED, DEPTH = 8, 4.5, 7, 3
+WIDTH = 144  # C: 2 heads; a gate_step shifted by one differs by 1.4e-4 (1.7e-4 at 288 wide), ~300x the error
 TGATE = {"gate_step": 5, "sp_interval": 3, "fi_interval": 1, "warm_up": 1}  # self reused at 2, cross from 5
 FIRST_BLOCK = {"residual_diff_threshold": 1.0, "max_warmup_steps": 2, "max_continuous_cached_steps": 2}
 DBCACHE = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "residual_diff_threshold": 1.0, "max_warmup_steps": 3}
 
 
 class Setup:
-    """A tiny PixArt-Sigma file (3 blocks), our MODEL of it, prompt states, the cache node and log records."""
+    """A tiny PixArt-Sigma file (DEPTH blocks, WIDTH wide), our MODEL of it, prompt states, the cache node and log
+    records."""
 
     def __init__(self, comfyui, work, records: list[str]):
         import torch
         from safetensors.torch import save_file
+
+        from scripts import tiny_weights
 
         self.torch, self.records = torch, records
         self.comfy_model = comfyui.module("nodes.dit.model")
         self.node = comfyui.module("nodes.cache").PixArtSigmaCache
         self.sampler_node = comfyui.module("nodes.sampler").PixArtSigmaSampler
         self.path = work / "tiny_sigma.safetensors"
-        save_file(narrow_state_dict(), str(self.path))
+        save_file(tiny_weights.dit_state_dict("sigma-1024", DEPTH, seed=3, hidden=WIDTH), str(self.path))
         g = torch.Generator().manual_seed(11)
         self.pos = torch.randn(1, 9, 4096, generator=g)
         self.neg = torch.randn(1, 4, 4096, generator=g)
@@ -111,24 +115,6 @@ def s(comfyui, tmp_path_factory):
     logging.getLogger().addHandler(handler)
     yield Setup(comfyui, tmp_path_factory.mktemp("cache"), records)
     logging.getLogger().removeHandler(handler)
-
-
-def narrow_state_dict() -> dict:
-    """A PixArt-Sigma state dict with official keys, DEPTH blocks 288 wide (4 heads; a few ms per call), random
-    weights without zero-initialised gates, and the null caption official files carry."""
-    import torch
-
-    import pixart
-
-    config = pixart.VARIANTS["sigma-1024"].replace(depth=DEPTH, hidden_size=288, num_heads=4)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        model = pixart.PixArtTransformer(config)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state["y_embedder.y_embedding"] = torch.randn(config.caption_tokens, config.caption_channels) * 0.1
-    return state
 
 
 def assert_close(got, want, what: str, tol: float = TOL) -> None:

@@ -3,30 +3,29 @@ ControlNet Loader -> Apply ControlNet (hint through a VAE) -> sampling equals ``
 same weights, hint latent and noise (fp32 <= 1e-5 relative): strength 0 is the run without ControlNet, strength s
 scales the residuals, start / end percent switch it per step, two chained ControlNets (official and diffusers-adapter
 files) add, and with CFG each row gets the control Apply ControlNet attached to it; a missing VAE and a MODEL that is
-not ours are refused. The example workflow (LoadImage -> Canny -> Apply ControlNet -> KSampler) runs headless with
-``--tiny``."""
+not ours are refused. The example workflow (LoadImage -> Canny -> Apply ControlNet -> KSampler) runs headless
+(scripts/run_workflow.py) on tiny weights, on the session's server."""
 
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
-from model_setup import CFG
+from model_setup import CFG, WIDTH
 from node_calls import add_model_folder, assert_close, node_result
-from workflow_latents import controlnet_examples
+from workflow_latents import controlnet_examples, nodes_of
 
 pytestmark = pytest.mark.comfy
-REPO = Path(__file__).resolve().parents[2]
 FILES = ("first.safetensors", "second_adapter.safetensors")  # official layout, 2 copies; diffusers adapter, 1 copy
 TOL = 1e-5
+TWO_BLOCK_DIT = "PixArt-Sigma-XL-2-1024-MS-2-blocks.pth"  # the ControlNet example's DiT in the headless run
 
 
 class Setup:
-    """A 3-block tiny PixArt-Sigma file, two ControlNets of it, a tiny VAE, conditioning, noise and a hint image."""
+    """A 3-block tiny PixArt-Sigma file (WIDTH wide), two ControlNets of it, a tiny VAE, conditioning, noise and a
+    hint image."""
 
     def __init__(self, comfyui, work: Path):
         import comfy.sd
@@ -39,7 +38,7 @@ class Setup:
         self.comfy_model = comfyui.module("nodes.dit.model")
         self.loader = comfyui.module("nodes.controlnet").PixArtSigmaControlNetLoader
         self.path = work / "tiny_sigma.safetensors"
-        dit = tiny_weights.dit_state_dict("sigma-1024", depth=3, seed=3)
+        dit = tiny_weights.dit_state_dict("sigma-1024", depth=3, seed=3, hidden=WIDTH)
         save_file(dit, str(self.path))
         self.folder = work / "controlnet"
         self.folder.mkdir()
@@ -193,12 +192,23 @@ def test_missing_vae_and_foreign_model_are_refused(s, monkeypatch):
         first.copy().pre_run(other, lambda percent: percent)
 
 
-def test_example_workflow_runs_headless_with_tiny_models(comfyui, tmp_path):
-    """scripts/run_workflow.py --tiny on the ControlNet example (its own base folder: the DiT there has 2 blocks)."""
+def test_example_workflow_runs_headless_with_tiny_models(comfyui, models, runner, tmp_path):
+    """scripts/run_workflow.py on the ControlNet example, on the session's server (session_runner.py) and its tiny
+    models, at 256 px and 2 steps: its DiT replaced by a 2-block one (the session's example DiT has 1 block; the
+    ControlNet's residual goes to block 1), the ControlNet, T5, VAE and control image the session's. (``--tiny``
+    would write stand-ins in the runner's own base folder, which the session's server does not read: the runner's
+    --tiny path is tests/comfy/test_main_job.py's.)"""
     import json
+
+    from scripts import tiny_weights
 
     (prompt,) = controlnet_examples().values()
     prompt = copy.deepcopy(prompt)
+    (dit_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader")
+    prompt[dit_id]["inputs"]["ckpt_name"] = TWO_BLOCK_DIT
+    dit = models / "diffusion_models" / TWO_BLOCK_DIT
+    if not dit.exists():  # what run_workflow --tiny writes for this example: 2 blocks, the ControlNet's base
+        tiny_weights.write(dit, tiny_weights.dit_state_dict("sigma-1024", depth=2))
     for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=256, height=256)
@@ -207,10 +217,8 @@ def test_example_workflow_runs_headless_with_tiny_models(comfyui, tmp_path):
     workflow = tmp_path / "controlnet.json"
     workflow.write_text(json.dumps(prompt))
     out = tmp_path / "out"
-    runner = REPO / "scripts" / "run_workflow.py"
-    cmd = [sys.executable, str(runner), str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--tiny"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    assert "node 13 ControlNetApplyAdvanced" in run.stderr, run.stderr[-4000:]
+    code, log = runner(str(workflow), "--comfy", str(comfyui.root), "--out", str(out), "--models", str(models))
+    assert code == 0, log[-4000:]
+    assert "node 13 ControlNetApplyAdvanced" in log, log[-4000:]
     (image,) = out.glob("PixArtSigmaControlNet_*.png")
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

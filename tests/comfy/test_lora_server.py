@@ -17,13 +17,17 @@ from lora_fixtures import random_lora, write_adapter_folder, write_kohya, write_
 from safetensors.torch import load_file
 from workflow_latents import nodes_of, prompts_of
 
-from pixart import VARIANTS, PixArtTransformer
 from pixart.lora import load_lora, merge_lora
+from scripts import tiny_weights
 from scripts.comfy_server import error_message
 
 pytestmark = pytest.mark.comfy
 BASE_PROMPT = "pixart_sigma_stock_ksampler"  # DiT loader -> KSampler -> VAE decode -> SaveImage
 TOL = 1e-4  # patched weights vs a pre-merged file: both fp32, rounding differs in the last bits only
+STEPS = 2  # dpmpp_2m: a first-order step, then one with the history term
+WIDTH = 144  # C of the DiT the LoRAs patch through our loader (2 heads); ComfyUI's own PixArt needs 1152
+NARROW = "PixArt-Sigma-XL-2-1024-MS-narrow.pth"  # that DiT, beside the example's in models/diffusion_models
+BUILTIN_LORA = "kohya_1152.safetensors"  # a LoRA of the example's 1152-wide DiT, for ComfyUI's own PixArt
 
 
 def merged_name(tag: str) -> str:
@@ -32,29 +36,31 @@ def merged_name(tag: str) -> str:
 
 @pytest.fixture(scope="module")
 def host(server, models):
-    """The session's server, its models folder now also holding LoRAs in three namings, and DiT files with those
-    LoRAs merged in (same format and name pattern as the base DiT, so they load the same way)."""
+    """The session's server, its models folder now also holding a narrow DiT (NARROW) with LoRAs of it in three
+    namings and DiT files with those LoRAs merged in (same format and name pattern as the base DiT, so they load the
+    same way), a LoRA of the example's 1152-wide DiT (what ComfyUI's own PixArt loads) and that DiT with it merged."""
     prompt = prompts_of("examples")[BASE_PROMPT]
     dit_file = models / "diffusion_models" / prompt[nodes_of(prompt, "PixArtSigmaDiTLoader")[0]]["inputs"]["ckpt_name"]
-    dit = torch.load(dit_file, weights_only=True)
+    wide = torch.load(dit_file, weights_only=True)
+    dit = tiny_weights.dit_state_dict("sigma-1024", depth=1, hidden=WIDTH)
+    torch.save(dit, models / "diffusion_models" / NARROW)
     loras = models / "loras"
     first, second = random_lora(dit, rank=4, seed=1), random_lora(dit, rank=2, seed=2)
     write_adapter_folder(first, r=4, lora_alpha=8, folder=loras / "adapter")
     write_kohya(first, dict.fromkeys(_modules(first), 2.0), loras / "kohya.safetensors")
     write_official_keys(second, dict.fromkeys(_modules(second), 1.0), loras / "official.safetensors")
-    wider = random_lora(
-        PixArtTransformer(VARIANTS["sigma-1024"].replace(depth=1, hidden_size=144, num_heads=2)).state_dict(),
-        rank=2,
-        seed=3,
-    )
+    builtin = random_lora(wide, rank=4, seed=1)
+    write_kohya(builtin, dict.fromkeys(_modules(builtin), 2.0), loras / BUILTIN_LORA)
+    wider = random_lora(tiny_weights.dit_state_dict("sigma-1024", depth=1, hidden=2 * WIDTH), rank=2, seed=3)
     write_official_keys(wider, dict.fromkeys(_modules(wider), 1.0), loras / "wider.safetensors")
     torch.save({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(4, 320)}, loras / "sdxl.pt")
-    for tag, stack in {
-        "a1": [("adapter", 1.0)],
-        "a05": [("adapter", 0.5)],
-        "stack": [("adapter", 0.7), ("official.safetensors", -0.5)],
-    }.items():
-        merged = dit
+    for tag, base, stack in (
+        ("a1", dit, [("adapter", 1.0)]),
+        ("a05", dit, [("adapter", 0.5)]),
+        ("stack", dit, [("adapter", 0.7), ("official.safetensors", -0.5)]),
+        ("builtin", wide, [(BUILTIN_LORA, 1.0)]),
+    ):
+        merged = base
         for name, strength in stack:
             merged = merge_lora(merged, load_lora(loras / name), strength)
         torch.save(merged, models / "diffusion_models" / merged_name(tag))
@@ -66,16 +72,17 @@ def _modules(state: dict) -> list[str]:
 
 
 def lora_prompt(loras: list[tuple[str, float]], dit: str | None = None, builtin: bool = False) -> dict:
-    """The stock-KSampler example at 256 px, 3 steps, fp32 T5, with LoRA loaders chained between DiT and KSampler,
-    and its latent saved. ``builtin``: load the DiT with ComfyUI's own UNETLoader (its PixArt needs 512 px)."""
+    """The stock-KSampler example on the DiT file ``dit`` (default NARROW) at 256 px and STEPS steps (its T5 as
+    stored, bf16, like the other examples on the shared server, which then keeps it loaded), with LoRA loaders chained
+    between DiT and KSampler, and its latent saved. ``builtin``: ``dit`` (default the example's own) through ComfyUI's
+    UNETLoader, whose PixArt needs the 1152 width and 512 px."""
     prompt = copy.deepcopy(prompts_of("examples")[BASE_PROMPT])
     (dit_id,), (sampler_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader"), nodes_of(prompt, "KSampler")
-    (latent_id,), (t5_id,) = nodes_of(prompt, "EmptyLatentImage"), nodes_of(prompt, "PixArtSigmaT5Loader")
+    (latent_id,) = nodes_of(prompt, "EmptyLatentImage")
     prompt[latent_id]["inputs"].update(width=512 if builtin else 256, height=512 if builtin else 256)
-    prompt[t5_id]["inputs"]["dtype"] = "fp32"
-    prompt[sampler_id]["inputs"].update(steps=3, seed=7)
-    if dit:
-        prompt[dit_id]["inputs"]["ckpt_name"] = dit
+    prompt[sampler_id]["inputs"].update(steps=STEPS, seed=7)
+    if dit or not builtin:
+        prompt[dit_id]["inputs"]["ckpt_name"] = dit or NARROW
     if builtin:
         name = prompt[dit_id]["inputs"]["ckpt_name"]
         prompt[dit_id] = {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}
@@ -147,7 +154,7 @@ def test_stacked_loras(host):
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("wider.safetensors", "does not fit this model (hidden_size 1152, 1 block; the LoRA has hidden_size 144"),
+        ("wider.safetensors", f"does not fit this model (hidden_size {WIDTH}, 1 block; the LoRA has hidden_size 288"),
         ("sdxl.pt", "'lora_unet_down_blocks_0_attentions_0.lora_down.weight': "),
     ],
 )
@@ -160,7 +167,7 @@ def test_lora_that_does_not_fit_stops_the_run(host, name, expected):
 
 def test_works_on_comfyui_builtin_pixart(host):
     """ComfyUI's own PixArt (UNETLoader) keeps the official weight names too, so the same patches apply."""
-    got, _ = run_latent(host, lora_prompt([("kohya.safetensors", 1.0)], builtin=True))
-    want, _ = run_latent(host, lora_prompt([], dit=merged_name("a1"), builtin=True))
+    got, _ = run_latent(host, lora_prompt([(BUILTIN_LORA, 1.0)], builtin=True))
+    want, _ = run_latent(host, lora_prompt([], dit=merged_name("builtin"), builtin=True))
     base, _ = run_latent(host, lora_prompt([], builtin=True))
     assert rel_err(got, want) < TOL and rel_err(got, base) > 1e-3

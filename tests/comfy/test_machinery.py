@@ -10,7 +10,7 @@ import logging
 from functools import partial
 
 import pytest
-from model_setup import CFG, STEPS, Setup
+from model_setup import CFG, STEPS, WIDTH, Setup
 from node_calls import assert_close, node_result
 
 pytestmark = pytest.mark.comfy
@@ -196,7 +196,7 @@ def test_block_patch_contract(s: Setup) -> None:
         options = {"patches_replace": {"dit": {("double_block", 1): probe}}}
         patched = dit(s.noise, t, caption, mask, transformer_options=options)
     assert torch.equal(patched, plain), "a pass-through block patch changed the output"
-    assert seen == [(1, 2, (1, 9, 1152), torch.Size([1, 6 * 1152]))], seen
+    assert seen == [(1, 2, (1, 9, WIDTH), torch.Size([1, 6 * WIDTH]))], seen
     assert "block_index" not in options, "the forward wrote into the caller's transformer_options"
 
 

@@ -3,67 +3,21 @@
 writes its image beside an earlier one without replacing it; a workflow ComfyUI refuses stops with exit 1 and
 ComfyUI's log kept in the output folder.
 
-The runner's ``main`` runs in this process with the session's server in place of the one it would start
-(``SessionServer``): everything else (interpreter choice, tiny weights, queueing, progress over the websocket, image
-and log files) is the runner's own; starting a server is what every other test of the session already exercises.
+The runner's ``main`` runs in this process on the session's server (tests/comfy/session_runner.py, the ``runner``
+fixture).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import pytest
 from workflow_latents import prompts_of
 
-from scripts import run_workflow
-
 pytestmark = pytest.mark.comfy
 STEPS = 2
 PREFIX = "PixArtSigmaMainJob"  # its own image prefix: the shared server numbers each prefix's images from 00001
-
-
-class SessionServer:
-    """Stands in for ``ComfyServer`` in scripts/run_workflow.py: built with the same arguments, it is the session's
-    running server (same tree and interpreter), which it neither prepares, starts nor stops."""
-
-    def __init__(self, shared):
-        self.shared, self.built_with = shared, []
-
-    def __call__(self, comfy, base, python, cpu=True, extra_args=(), env=None):
-        self.built_with.append({"comfy": comfy, "python": python, "cpu": cpu})
-        return self
-
-    def prepare(self, models=None) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def __getattr__(self, name):
-        return getattr(self.shared, name)
-
-
-@pytest.fixture
-def runner(server, monkeypatch, caplog):
-    """run_workflow.main(argv) -> (exit code, its log)."""
-    stand_in = SessionServer(server)
-    monkeypatch.setattr(run_workflow, "ComfyServer", stand_in)
-    caplog.set_level(logging.INFO)
-
-    def run(*argv: str) -> tuple[int, str]:
-        code = run_workflow.main(list(argv))
-        assert stand_in.built_with, "the runner started no server"
-        return code, caplog.text
-
-    return run
 
 
 def small_prompt() -> dict:

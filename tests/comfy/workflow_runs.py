@@ -4,6 +4,7 @@ schedule (sgm_uniform)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pixart.text_encoder import load_t5
 
 T5 = "t5xxl_fp16.safetensors"
 DIT = "PixArt-Sigma-XL-2-1024-MS.pth"
-STEPS = 3
+STEPS = 2  # of the interop prompt: 512 px, four samplers; two timesteps, the second with dpmpp_2m's history term
 LATENT_SCALE = {"sigma": 0.13025, "alpha": 0.18215}
 PROMPT = "a lighthouse on a cliff over a stormy sea"
 CLIP_T5 = "t5xxl_comfy_stub.pth"
@@ -92,6 +93,12 @@ def sgm_uniform(steps: int) -> torch.Tensor:
     return torch.tensor([float(sigma_at(float(t))) for t in torch.linspace(start, end, steps + 1)[:-1]] + [0.0])
 
 
+@functools.lru_cache(maxsize=1)
+def reference_t5(path: Path, tokenizer: Path):
+    """The reference's T5 (fp32) of ``path``, loaded once for the runs that share it."""
+    return load_t5(path, dtype=torch.float32, fallback_tokenizer_dirs=[tokenizer])
+
+
 def reference_latent(models: Path, tokenizer: Path, prompt: dict, shape: tuple[int, ...], family: str) -> torch.Tensor:
     """What the prompt's DiT, T5, seed, steps and CFG give through ``pixart`` and our own sampler (B, C_in, H, W)."""
     (dit_id,) = nodes_of(prompt, "PixArtSigmaDiTLoader")
@@ -101,7 +108,7 @@ def reference_latent(models: Path, tokenizer: Path, prompt: dict, shape: tuple[i
     if dit["kv_compress"] != "off":
         kv = pixart.KVCompress(dit["kv_compress"], dit["kv_factor"], None)
     model = pixart.load_dit(models / "diffusion_models" / dit["ckpt_name"], dit["variant"], torch.float32, kv)
-    t5 = load_t5(models / "text_encoders" / T5, dtype=torch.float32, fallback_tokenizer_dirs=[tokenizer])
+    t5 = reference_t5(models / "text_encoders" / T5, tokenizer)
     texts = [prompt[sampling[k][0]]["inputs"]["text"] for k in ("negative", "positive")]
     caption, mask = t5.encode(texts, max_length=300 if family == "sigma" else 120)
     sigmas, cfg = sgm_uniform(sampling["steps"]), sampling["cfg"]
