@@ -26,8 +26,9 @@ THREADS = int(os.environ.get("OMP_NUM_THREADS") or 2)
 
 @dataclass(frozen=True)
 class Comfy:
-    """The ComfyUI imported into this process: its tree, its version, the base directory it reads and writes (models,
-    output, custom_nodes) and the package name under which its loader imported the pack."""
+    """The session's ComfyUI: its tree, its version, the base directory it reads and writes (models, output,
+    custom_nodes, which links to this repository) and the package name under which its loader imports the pack
+    (``import_comfy`` imports it into this process)."""
 
     root: Path
     version: str
@@ -47,28 +48,34 @@ class Comfy:
         return self.root / "comfy" / "text_encoders" / "t5_tokenizer"
 
 
-def import_comfy(root: Path, base: Path) -> Comfy:
-    """Import ComfyUI from ``root`` as ``main.py`` would, without its argument parser: CPU, ``base`` as base
-    directory, the built-in extra nodes (comfy_extras) registered, then this repository loaded from
+def session_comfy(root: Path, base: Path) -> Comfy:
+    """The ComfyUI at ``root`` with ``base`` as base directory, whose ``custom_nodes/<pack>`` is made here: a link to
+    this repository (the server and this process then load the same pack from there)."""
+    link = base / "custom_nodes" / PACK_NAME
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(REPO, target_is_directory=True)
+    return Comfy(root, comfy_version(root), base, str(link).replace(".", "_x_"))
+
+
+def import_comfy(session: Comfy) -> None:
+    """Import ComfyUI from ``session.root`` as ``main.py`` would, without its argument parser: CPU, ``session.base`` as
+    base directory, the built-in extra nodes (comfy_extras) registered, then the pack loaded from
     ``base/custom_nodes/<pack>`` by ``nodes.load_custom_node``. Raises ImportError when this interpreter cannot."""
-    sys.path.insert(0, str(root))  # before the repository: ``nodes`` is ComfyUI's nodes.py here
+    sys.path.insert(0, str(session.root))  # before the repository: ``nodes`` is ComfyUI's nodes.py here
     import comfy.cli_args
 
     args = comfy.cli_args.args
-    args.cpu, args.base_directory = True, str(base)
+    args.cpu, args.base_directory = True, str(session.base)
     import folder_paths
 
     import nodes
 
-    assert Path(folder_paths.base_path) == base, (folder_paths.base_path, base)
+    assert Path(folder_paths.base_path) == session.base, (folder_paths.base_path, session.base)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    link = base / "custom_nodes" / PACK_NAME
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(REPO, target_is_directory=True)
+    link = session.base / "custom_nodes" / PACK_NAME
     if not asyncio.run(nodes.load_custom_node(str(link))):
         raise RuntimeError(f"ComfyUI's loader did not load {link} (its log says why)")
     STARTED["imported"] = 1
-    return Comfy(root, comfy_version(root), base, str(link).replace(".", "_x_"))
 
 
 # Test-only sitecustomize for the server: CPU ``torch.empty`` of 1 MiB or more returns zeroed memory (calloc'd
@@ -125,9 +132,9 @@ def start_server(comfy: Comfy) -> ComfyServer:
 
 
 class ServerThread:
-    """``start_server`` in a thread of its own, started at once, so the server comes up while other tests run. The
-    thread then holds the server until ``stop``: ComfyServer has its server killed when the thread that started it
-    ends (``PR_SET_PDEATHSIG``), and with this process."""
+    """``start_server`` in a thread of its own, started at once, so the server comes up while this process does
+    other work. The thread then holds the server until ``stop``: ComfyServer has its server killed when the thread
+    that started it ends (``PR_SET_PDEATHSIG``), and with this process."""
 
     def __init__(self, comfy: Comfy):
         self._up, self._release = threading.Event(), threading.Event()

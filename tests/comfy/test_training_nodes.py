@@ -28,13 +28,13 @@ SDXL_SCALE = 0.13025
 
 
 class Tiny:
-    """The tiny DiT as our MODEL, the T5 from PixArt Sigma T5 Loader, the VAE, and the node modules."""
+    """The tiny DiT as our MODEL, the T5 from PixArt Sigma T5 Loader (``t5``), the VAE, and the node modules."""
 
-    def __init__(self, comfyui, work, monkeypatch):
+    def __init__(self, comfyui, work, monkeypatch, t5):
         import comfy.sd
         from safetensors.torch import save_file
 
-        self.comfyui, self.work = comfyui, work
+        self.comfyui, self.work, self.t5 = comfyui, work, t5
         self.dit_path = work / "tiny_train.safetensors"
         torch.manual_seed(0)
         net = PixArtTransformer(tiny_config(num_heads=2, hidden_size=144, caption_channels=64))
@@ -42,11 +42,7 @@ class Tiny:
             for p in net.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(self.dit_path))
-        tiny_weights.write(work / "te" / "t5_64.safetensors", tiny_weights.t5_state_dict(d_model=64))
-        add_model_folder(monkeypatch, "text_encoders", work / "te")
         add_model_folder(monkeypatch, "loras", work / "loras")
-        t5_loader = comfyui.module("nodes.t5").PixArtSigmaT5Loader
-        self.t5 = t5_loader.execute("t5_64.safetensors", "comfyui bundled", "fp32", "cpu", True).result[0]
         self.vae = comfy.sd.VAE(sd=tiny_weights.vae_state_dict(SDXL_SCALE))
         self.training = comfyui.module("nodes.training")
         self.dataset_module = comfyui.module("nodes.training.dataset")
@@ -79,9 +75,21 @@ class Tiny:
         return self.training.PixArtSigmaTrain.execute(model, data, **(TRAIN | changes)).result
 
 
+@pytest.fixture(scope="module")
+def t5(comfyui, tmp_path_factory):
+    """PixArt Sigma T5 Loader's T5 of a 64-wide file (fp32, CPU), shared by the module's tests (it holds no state
+    between encodes)."""
+    folder = tmp_path_factory.mktemp("te")
+    tiny_weights.write(folder / "t5_64.safetensors", tiny_weights.t5_state_dict(d_model=64))
+    with pytest.MonkeyPatch.context() as patch:
+        add_model_folder(patch, "text_encoders", folder)
+        loader = comfyui.module("nodes.t5").PixArtSigmaT5Loader
+        yield loader.execute("t5_64.safetensors", "comfyui bundled", "fp32", "cpu", True).result[0]
+
+
 @pytest.fixture
-def tiny(comfyui, tmp_path, monkeypatch):
-    return Tiny(comfyui, tmp_path, monkeypatch)
+def tiny(comfyui, tmp_path, monkeypatch, t5):
+    return Tiny(comfyui, tmp_path, monkeypatch, t5)
 
 
 def prediction(patcher, x, t, caption, mask):
