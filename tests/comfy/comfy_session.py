@@ -95,8 +95,9 @@ torch.set_num_threads({threads})
 def _zeroed_empty(*size, dtype=None, device=None, **kwargs):
     shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
     dtype = dtype or torch.get_default_dtype()
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    if kwargs or not on_cpu or not all(isinstance(n, int) for n in shape):
+    # named: with torch.empty replaced, a ``with torch.device("meta")`` block no longer reaches the original
+    device = torch.get_default_device() if device is None else torch.device(device)
+    if kwargs or device.type != "cpu" or not all(isinstance(n, int) for n in shape):
         return _empty(*size, dtype=dtype, device=device, **kwargs)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < 1 << 20:
